@@ -1,0 +1,256 @@
+"""One loader for every section of ``params.yaml``.
+
+Each section is a frozen dataclass; each field carries its constraints in ``field(metadata=...)``:
+
+    min / max        inclusive numeric bounds
+    gt               strict lower bound (``gt=0`` means "positive")
+    choices          allowed values (strings, e.g. a location name)
+    even             integer must be even
+    length           exact length of a list / tuple field
+    item_choices     allowed values of each list item
+    item_min         lower bound of each numeric list item
+
+``load_section("synth")`` reads the YAML with the same YAML 1.2 semantics DVC uses (ruamel), checks
+every key and value, and raises :class:`ParamsError` naming the key, the value and what is allowed,
+before a stage does any work. Library code never opens ``params.yaml``; stages pass the dataclass in.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NUSCENES_LOCATIONS = (
+    "boston-seaport",
+    "singapore-onenorth",
+    "singapore-hollandvillage",
+    "singapore-queenstown",
+)
+
+
+class ParamsError(ValueError):
+    """A params section is missing, has an unknown key, a wrong type or an impossible value."""
+
+
+def _f(default: Any, help: str, **rules: Any) -> Any:
+    """A dataclass field with a default, a one-line description and validation rules."""
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **rules})
+    return field(default=default, metadata={"help": help, **rules})
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections. Each later stage adds its own dataclass here and registers it in SECTIONS.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Which nuScenes dataroot every downstream stage reads."""
+
+    dataroot: str = _f("data/nuscenes", "nuScenes dataroot (the synthetic world by default)")
+    version: str = _f("v1.0-synth", "table folder inside the dataroot: v1.0-synth, v1.0-mini, v1.0-trainval")
+    splits: list = _f(["train", "val"], "splits to cache; real versions use the official split lists",
+                      item_choices=("train", "val"))
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """The procedurally generated nuScenes-format world written by the synth_world stage."""
+
+    seed: int = _f(0, "master seed; same params and seed give the same bytes", min=0)
+    locations: list = _f(["boston-seaport", "singapore-onenorth"],
+                         "map locations used (one town each); Singapore drives on the left",
+                         item_choices=NUSCENES_LOCATIONS, min_len=1)
+    num_scenes: int = _f(8, "number of scenes (assigned round-robin to the locations)", min=2)
+    val_scenes: int = _f(2, "scenes held out for the val split (whole scenes)", min=1)
+    scene_seconds: float = _f(20.0, "scene length in seconds (key frames at 2 Hz)", min=4.0, max=60.0)
+    image_width: int = _f(320, "camera image width in pixels", min=32, even=True)
+    image_height: int = _f(180, "camera image height in pixels", min=32, even=True)
+    sweep_hz: float = _f(12.0, "CAM_FRONT sweep rate (real nuScenes: 12 Hz)", gt=2.0, max=60.0)
+    town_blocks: int = _f(3, "intersections per side of the town's road grid", min=2, max=8)
+    block_length: float = _f(110.0, "distance between neighbouring intersections, metres", min=60.0)
+    num_vehicles: int = _f(14, "moving vehicles per scene", min=0)
+    num_pedestrians: int = _f(8, "crossing pedestrians per scene", min=0)
+    num_parked: int = _f(10, "parked cars per scene", min=0)
+    lidar_beams: int = _f(32, "LIDAR_TOP beams (real: 32)", min=4, max=128)
+    lidar_azimuth_bins: int = _f(1024, "LIDAR_TOP horizontal samples per revolution", min=64)
+    track_grid: int = _f(20, "query points per side of the exact-track grid on CAM_FRONT sweeps", min=2)
+    track_horizon: int = _f(16, "sweep frames each query grid is tracked for", min=2)
+    track_stride: int = _f(8, "sweep frames between re-seeded query grids", min=1)
+    workers: int = _f(2, "worker processes for rendering", min=1)
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    """The per-split GT cache (planning and vectorised-map ground truth) written by gt_cache."""
+
+    history_steps: int = _f(4, "past key frames kept for ego history (incl. the current one)", min=2)
+    future_steps: int = _f(6, "future waypoints at 2 Hz (6 = 3 s)", min=1)
+    patch_size: list = _f([60.0, 30.0], "map patch [along-track, cross-track] metres (MapTR 60 x 30)",
+                          length=2, item_min=1.0)
+    map_points: int = _f(20, "points each map element is resampled to", min=2)
+    map_classes: list = _f(["divider", "ped_crossing", "boundary"], "vectorised map classes, in label order",
+                           item_choices=("divider", "ped_crossing", "boundary"), min_len=1)
+    max_agents: int = _f(64, "agent boxes kept per step (nearest first)", min=1)
+    check_files: bool = _f(True, "stat every camera and LiDAR file the cache references")
+    workers: int = _f(2, "worker processes", min=1)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataParams,
+    "synth": SynthParams,
+    "cache": CacheParams,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------------
+
+
+def read_params_file(path: str | Path = "params.yaml") -> dict:
+    """Parse ``params.yaml`` with YAML 1.2 semantics (as DVC does: ``1e-4`` is a float)."""
+    from ruamel.yaml import YAML
+
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        data = YAML(typ="safe", pure=True).load(path.read_text())
+    except Exception as exc:  # ruamel raises several parser error types
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_section(name: str, path: str | Path = "params.yaml", overrides: dict | None = None):
+    """Read and validate one section of ``params.yaml``; ``overrides`` replaces individual keys."""
+    raw = read_params_file(path)
+    if name not in raw:
+        raise ParamsError(f"{path}: section '{name}' is missing")
+    values = dict(raw[name] or {})
+    values.update(overrides or {})
+    return parse_section(name, values, source=str(path))
+
+
+def parse_section(name: str, values: dict, source: str = "params"):
+    """Validate a dict against the dataclass registered for section ``name``."""
+    if name not in SECTIONS:
+        raise ParamsError(f"{source}: unknown section '{name}'; known: {sorted(SECTIONS)}")
+    cls = SECTIONS[name]
+    if not isinstance(values, dict):
+        raise ParamsError(f"{source}: section '{name}' must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"{source}: unknown key '{name}.{unknown[0]}'; allowed keys in '{name}': {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for key, f in fields.items():
+        if key not in values:
+            continue
+        checked[key] = _check_value(f"{name}.{key}", values[key], hints[key], f.metadata, source)
+    obj = cls(**checked)
+    post = getattr(obj, "validate", None)
+    if post is not None:
+        post()
+    _cross_checks(name, obj, source)
+    return obj
+
+
+def _describe(meta: dict) -> str:
+    parts = []
+    for key, text in (("min", ">= {}"), ("gt", "> {}"), ("max", "<= {}")):
+        if key in meta:
+            parts.append(text.format(meta[key]))
+    if meta.get("even"):
+        parts.append("even")
+    if "choices" in meta:
+        parts.append(f"one of {list(meta['choices'])}")
+    return ", ".join(parts)
+
+
+def _check_value(key: str, value: Any, hint: Any, meta: dict, source: str) -> Any:
+    def fail(why: str):
+        raise ParamsError(f"{source}: {key} = {value!r}: {why}")
+
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            fail("must be true or false")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(f"must be an integer ({_describe(meta) or 'any'})")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(f"must be a number ({_describe(meta) or 'any'})")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            fail("must be finite")
+    elif hint is str:
+        if not isinstance(value, str) or not value:
+            fail("must be a non-empty string")
+    elif hint is list or origin is list:
+        if not isinstance(value, list):
+            fail("must be a list")
+        if "length" in meta and len(value) != meta["length"]:
+            fail(f"must have exactly {meta['length']} items")
+        if "min_len" in meta and len(value) < meta["min_len"]:
+            fail(f"must have at least {meta['min_len']} item(s)")
+        for item in value:
+            if "item_choices" in meta and item not in meta["item_choices"]:
+                fail(f"item {item!r} is not allowed; allowed: {list(meta['item_choices'])}")
+            if "item_min" in meta:
+                if isinstance(item, bool) or not isinstance(item, (int, float)) or item < meta["item_min"]:
+                    fail(f"item {item!r} must be a number >= {meta['item_min']}")
+        if "item_choices" in meta and len(set(map(str, value))) != len(value):
+            fail("items must not repeat")
+        return list(value)
+    elif origin in (typing.Union, types.UnionType):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "min" in meta and value < meta["min"]:
+            fail(f"must be >= {meta['min']}")
+        if "gt" in meta and value <= meta["gt"]:
+            fail(f"must be > {meta['gt']}")
+        if "max" in meta and value > meta["max"]:
+            fail(f"must be <= {meta['max']}")
+        if meta.get("even") and int(value) % 2:
+            fail("must be even")
+    if "choices" in meta and value not in meta["choices"]:
+        fail(f"must be one of {list(meta['choices'])}")
+    return value
+
+
+def _cross_checks(name: str, obj: Any, source: str) -> None:
+    """Constraints that involve more than one key of a section."""
+    if name == "synth":
+        if obj.val_scenes >= obj.num_scenes:
+            raise ParamsError(
+                f"{source}: synth.val_scenes = {obj.val_scenes}: must be smaller than "
+                f"synth.num_scenes = {obj.num_scenes} (at least one train scene)")
+        if obj.track_horizon > obj.scene_seconds * obj.sweep_hz:
+            raise ParamsError(
+                f"{source}: synth.track_horizon = {obj.track_horizon}: longer than a scene "
+                f"({obj.scene_seconds} s at {obj.sweep_hz} Hz)")
+
+
+def describe_sections() -> str:
+    """Every section, key, default and help text: the reference printed in docs/params.md."""
+    lines = []
+    for name, cls in SECTIONS.items():
+        lines.append(f"## `{name}`\n\n| key | default | allowed | meaning |\n| --- | --- | --- | --- |")
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            allowed = _describe(f.metadata) or ""
+            if "item_choices" in f.metadata:
+                allowed = f"items from {list(f.metadata['item_choices'])}"
+            lines.append(f"| `{f.name}` | `{default}` | {allowed} | {f.metadata.get('help', '')} |")
+        lines.append("")
+    return "\n".join(lines)
