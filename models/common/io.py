@@ -53,3 +53,20 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:
     with atomic_file(path) as fh:
         json.dump(obj, fh, indent=indent, sort_keys=True)
         fh.write("\n")
+
+
+def save_npz(path: str | Path, **arrays) -> None:
+    """Compressed ``.npz`` with fixed zip timestamps, so identical arrays give identical bytes
+    (``np.savez_compressed`` stamps the current time into the archive). ``np.load`` reads it."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    with atomic_file(path, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue(), compresslevel=6)
