@@ -77,7 +77,7 @@ class SynthParams:
     num_pedestrians: int = _f(8, "crossing pedestrians per scene", min=0)
     num_parked: int = _f(10, "parked cars per scene", min=0)
     lidar_beams: int = _f(32, "LIDAR_TOP beams (real: 32)", min=4, max=128)
-    lidar_azimuth_bins: int = _f(1024, "LIDAR_TOP horizontal samples per revolution", min=64)
+    lidar_azimuth_bins: int = _f(512, "LIDAR_TOP horizontal samples per revolution", min=64)
     track_grid: int = _f(20, "query points per side of the exact-track grid on CAM_FRONT sweeps", min=2)
     track_horizon: int = _f(16, "sweep frames each query grid is tracked for", min=2)
     track_stride: int = _f(8, "sweep frames between re-seeded query grids", min=1)
@@ -254,3 +254,7 @@ def describe_sections() -> str:
             lines.append(f"| `{f.name}` | `{default}` | {allowed} | {f.metadata.get('help', '')} |")
         lines.append("")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # print the params reference (docs/params.md)
+    print(describe_sections())

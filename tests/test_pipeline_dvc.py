@@ -1,0 +1,82 @@
+"""End to end through DVC on a copy of the repository: repro, no-op repro, and experiments that re-run
+exactly the stages whose params changed. Uses the tiny world so it takes well under a minute."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.conftest import TINY_WORLD
+
+ROOT = Path(__file__).resolve().parents[1]
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVCLIVE_TEST": "true", "GIT_AUTHOR_NAME": "test",
+           "GIT_AUTHOR_EMAIL": "test@example.invalid", "GIT_COMMITTER_NAME": "test",
+           "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout + res.stderr
+
+
+def _ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A fresh git + DVC checkout of this repository's files with tiny params."""
+    dst = tmp_path_factory.mktemp("clone") / "repo"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(("data/nuscenes/", "data/cache/")):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    yaml = YAML()
+    params = yaml.load((dst / "params.yaml").read_text())
+    for key, value in TINY_WORLD.items():
+        params["synth"][key] = value
+    params["cache"]["workers"] = 1
+    with open(dst / "params.yaml", "w") as fh:
+        yaml.dump(params, fh)
+    (dst / "dvc.lock").unlink(missing_ok=True)
+    _run(["git", "init", "-q"], dst)
+    _run(GIT + ["add", "-A"], dst)
+    _run(GIT + ["commit", "-qm", "tiny"], dst)
+    return dst
+
+
+def test_repro_then_noop_then_experiments(repo):
+    out = _run(["dvc", "repro"], repo)
+    assert _ran(out) == {"synth_world", "gt_cache"}, out
+    manifest = json.loads((repo / "data" / "cache" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["samples"] > 0 and manifest["splits"]["val"]["samples"] > 0
+    assert json.loads((repo / "reports" / "synth_world.json").read_text())["scenes"] == TINY_WORLD["num_scenes"]
+    # DVC-produced data is ignored by git
+    status = _run(["git", "status", "--porcelain", "--untracked-files=all"], repo)
+    assert "data/nuscenes/" not in status and "data/cache/" not in status, status
+
+    out = _run(["dvc", "repro"], repo)
+    assert _ran(out) == set() and "up to date" in out, out
+    _run(GIT + ["add", "-A"], repo)
+    _run(GIT + ["commit", "-qm", "lock"], repo)
+
+    out = _run(["dvc", "exp", "run", "-S", "synth.num_scenes=4"], repo)
+    assert _ran(out) == {"synth_world", "gt_cache"}, out
+    _run(["git", "checkout", "--", "params.yaml"], repo)
+    out = _run(["dvc", "exp", "run", "-S", "cache.map_points=10"], repo)
+    assert _ran(out) == {"gt_cache"}, out
+
+    table = _run(["dvc", "exp", "show", "--csv"], repo)
+    header = table.splitlines()[0]
+    assert "synth.num_scenes" in header and "cache.map_points" in header
+    assert "reports/synth_world.json:scenes" in header or "scenes" in header, header
