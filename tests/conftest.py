@@ -10,7 +10,7 @@ from models.common.params import SynthParams
 os.environ.setdefault("DVCLIVE_TEST", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-TINY_WORLD = dict(num_scenes=3, val_scenes=1, scene_seconds=6.0, image_width=96, image_height=54, town_blocks=2,
+TINY_WORLD = dict(num_scenes=3, val_scenes=1, scene_seconds=6.0, image_width=96, image_height=54, town_blocks=3,
                   num_vehicles=6, num_pedestrians=4, num_parked=4, lidar_azimuth_bins=256, track_grid=6,
                   track_horizon=8, track_stride=6, workers=1)
 

@@ -65,14 +65,14 @@ class SynthParams:
     locations: list = _f(["boston-seaport", "singapore-onenorth"],
                          "map locations used (one town each); Singapore drives on the left",
                          item_choices=NUSCENES_LOCATIONS, min_len=1)
-    num_scenes: int = _f(8, "number of scenes (assigned round-robin to the locations)", min=2)
-    val_scenes: int = _f(2, "scenes held out for the val split (whole scenes)", min=1)
+    num_scenes: int = _f(10, "number of scenes (assigned round-robin to the locations)", min=2)
+    val_scenes: int = _f(3, "scenes held out for the val split (whole scenes)", min=1)
     scene_seconds: float = _f(20.0, "scene length in seconds (key frames at 2 Hz)", min=4.0, max=60.0)
     image_width: int = _f(320, "camera image width in pixels", min=32, even=True)
     image_height: int = _f(180, "camera image height in pixels", min=32, even=True)
     sweep_hz: float = _f(12.0, "CAM_FRONT sweep rate (real nuScenes: 12 Hz)", gt=2.0, max=60.0)
-    town_blocks: int = _f(3, "intersections per side of the town's road grid", min=2, max=8)
-    block_length: float = _f(110.0, "distance between neighbouring intersections, metres", min=60.0)
+    town_blocks: int = _f(4, "intersections per side of the town's road grid", min=2, max=8)
+    block_length: float = _f(80.0, "distance between neighbouring intersections, metres", min=60.0)
     num_vehicles: int = _f(14, "moving vehicles per scene", min=0)
     num_pedestrians: int = _f(8, "crossing pedestrians per scene", min=0)
     num_parked: int = _f(10, "parked cars per scene", min=0)

@@ -96,6 +96,7 @@ class Town:
     stop_lines: list  # [(Polygon, type, crossing index or -1, traffic light index or -1)]
     traffic_lights: list  # [(line (2,2), position (3,), yaw)]
     walkways: list  # [Polygon]
+    sidewalk_lines: list  # [np.ndarray (N, 2)] closed rings along the middle of the walkways
     carparks: list  # [(Polygon, orientation)]
     parking_spots: np.ndarray  # (P, 3) x, y, yaw inside car parks
     buildings: np.ndarray  # (B, 6) cx, cy, w, l, h, yaw
@@ -311,6 +312,9 @@ def build_town(location: str, params: SynthParams, rng: np.random.Generator) -> 
     roads = unary_union([p for p, _ in road_segments])
     walk = roads.buffer(SIDEWALK_WIDTH, join_style="mitre").difference(roads)
     walkways = [g for g in getattr(walk, "geoms", [walk]) if g.area > 1.0]
+    mid = roads.buffer(SIDEWALK_WIDTH / 2, join_style="mitre")
+    sidewalk_lines = [densify(np.asarray(r.coords), 1.0) for g in getattr(mid, "geoms", [mid])
+                      for r in [g.exterior, *g.interiors]]
     carparks, spots, buildings = _blocks(nodes, nb, spacing, roads, rng)
     drivable = unary_union([roads] + [p for p, _ in carparks])
     drivable_area = [g for g in getattr(drivable, "geoms", [drivable])]
@@ -319,7 +323,8 @@ def build_town(location: str, params: SynthParams, rng: np.random.Generator) -> 
     town = Town(location=location, canvas_edge=CANVAS_EDGE[location], hand=hand, nodes=nodes,
                 node_kind=node_kind, paths=paths, road_segments=road_segments, road_blocks=road_blocks,
                 lane_dividers=lane_dividers, road_dividers=road_dividers, crossings=crossings,
-                stop_lines=stop_lines, traffic_lights=traffic_lights, walkways=walkways, carparks=carparks,
+                stop_lines=stop_lines, traffic_lights=traffic_lights, walkways=walkways,
+                sidewalk_lines=sidewalk_lines, carparks=carparks,
                 parking_spots=spots, buildings=buildings, drivable_area=drivable_area,
                 bounds=(xmin - 40, ymin - 40, xmax + 40, ymax + 40))
     _check_valid(town)

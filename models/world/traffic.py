@@ -69,9 +69,11 @@ def simulate_scene(town: Town, params: SynthParams, rng: np.random.Generator,
     """Simulate ``duration`` seconds; returns the ego and the other agents (vehicles, pedestrians, parked)."""
     steps = int(round(duration * SIM_HZ)) + 1
     ego_speed = rng.uniform(7.0, 11.0)
-    ego_route_paths = _random_route(town, rng, _start_lane(town, rng), ego_speed * duration + 120.0, turn_bias=0.65)
+    ego_route_paths = _random_route(town, rng, _start_lane(town, rng), ego_speed * duration + 120.0, turn_bias=0.85)
     ego_route = _make_route(town, ego_route_paths, ego_speed)
-    ego_s0 = rng.uniform(0.0, 20.0)
+    # start so that the first junction (a turn or a curve, usually) comes within the scene
+    first_len = town.paths[ego_route_paths[0]].length
+    ego_s0 = rng.uniform(0.0, max(first_len - 0.35 * ego_speed * duration, 1.0))
     ego_v0 = ego_speed * rng.choice([0.0, 0.5, 1.0], p=[0.2, 0.3, 0.5])
 
     vehicles = [dict(kind="ego", route=ego_route, s=ego_s0, v=min(ego_v0, ego_route.v_allow[0]), v0=ego_speed,
@@ -253,7 +255,11 @@ def _schedule_pedestrians(town, params, rng, ego_route, ego_s0, ego_speed, durat
     rng.shuffle(ahead)
     peds = []
     for k in range(params.num_pedestrians):
-        if k < len(ahead) and k < max(params.num_pedestrians // 2, 1):
+        timed = k < len(ahead) and k < max(params.num_pedestrians // 2, 1)
+        if not timed and (not town.crossings or rng.random() < 0.4):
+            peds.append(_sidewalk_walker(town, rng, ego_route, times))
+            continue
+        if timed:
             ci, s_in = ahead[k]
             t_arrive = (s_in - ego_s0) / ego_speed
             t_start = max(t_arrive - rng.uniform(1.0, 4.0), 0.5)
@@ -275,18 +281,34 @@ def _schedule_pedestrians(town, params, rng, ego_route, ego_s0, ego_speed, durat
         key_t = np.array([t0, t_start, t_end, t3])
         key_p = np.stack([approach, kerb, far, leave])
         xy = np.stack([np.interp(times, key_t, key_p[:, 0]), np.interp(times, key_t, key_p[:, 1])], axis=1)
-        vel = np.gradient(xy, axis=0) * SIM_HZ
-        spd = np.linalg.norm(vel, axis=1)
-        yaw = np.arctan2(vel[:, 1], vel[:, 0])
-        moving = spd > 0.05
-        if moving.any():  # hold the heading while standing
-            idx = np.maximum.accumulate(np.where(moving, np.arange(steps), 0))
-            first = int(np.argmax(moving))
-            idx[:first] = first
-            yaw = yaw[idx]
-        size = np.array([rng.uniform(0.55, 0.75), rng.uniform(0.6, 0.8), rng.uniform(1.55, 1.9)])
-        peds.append(dict(xy=xy, yaw=np.unwrap(yaw), speed=spd, size=size, crossing=ci, busy=(t_start, t_end)))
+        peds.append(dict(_pedestrian_motion(xy, rng), crossing=ci, busy=(t_start, t_end)))
     return peds
+
+
+def _sidewalk_walker(town: Town, rng, ego_route: _Route, times: np.ndarray) -> dict:
+    """A pedestrian walking along a sidewalk near the ego's route (never on the road)."""
+    line = town.sidewalk_lines[int(rng.integers(len(town.sidewalk_lines)))]
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(line, axis=0), axis=1))])
+    near = np.argmin(np.linalg.norm(line[:, None] - ego_route.pts[None, ::20], axis=2).min(axis=1))
+    start = s[near] + rng.uniform(-30.0, 30.0)
+    pos = (start + rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 1.6) * times) % s[-1]
+    xy = np.stack([np.interp(pos, s, line[:, 0]), np.interp(pos, s, line[:, 1])], axis=1)
+    return dict(_pedestrian_motion(xy, rng), crossing=-1, busy=(-1.0, -1.0))
+
+
+def _pedestrian_motion(xy: np.ndarray, rng) -> dict:
+    """Heading and speed from positions (heading held while standing), and a body size."""
+    steps = len(xy)
+    vel = np.gradient(xy, axis=0) * SIM_HZ
+    spd = np.linalg.norm(vel, axis=1)
+    yaw = np.arctan2(vel[:, 1], vel[:, 0])
+    moving = spd > 0.05
+    if moving.any():  # hold the heading while standing
+        idx = np.maximum.accumulate(np.where(moving, np.arange(steps), 0))
+        idx[: int(np.argmax(moving))] = int(np.argmax(moving))
+        yaw = yaw[idx]
+    size = np.array([rng.uniform(0.55, 0.75), rng.uniform(0.6, 0.8), rng.uniform(1.55, 1.9)])
+    return dict(xy=xy, yaw=np.unwrap(yaw), speed=spd, size=size)
 
 
 def _parked_cars(town: Town, params: SynthParams, rng, ego_route: _Route, steps: int) -> list:
