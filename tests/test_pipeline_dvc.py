@@ -80,3 +80,20 @@ def test_repro_then_noop_then_experiments(repo):
     header = table.splitlines()[0]
     assert "synth.num_scenes" in header and "cache.map_points" in header
     assert "reports/synth_world.json:scenes" in header or "scenes" in header, header
+
+
+def test_push_then_pull_into_a_fresh_clone(repo, tmp_path):
+    """Outputs shared through a (local directory) DVC remote arrive intact in another clone."""
+    if not (repo / "dvc.lock").exists():
+        _run(["dvc", "repro"], repo)
+    _run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], repo)
+    _run(GIT + ["add", "-A"], repo)
+    _run(GIT + ["commit", "-qm", "remote", "--allow-empty"], repo)
+    _run(["dvc", "push"], repo)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    _run(["dvc", "pull"], clone)
+    status = _run(["dvc", "status"], clone)
+    assert "up to date" in status, status
+    for rel in ("data/cache/manifest.json", "data/nuscenes/v1.0-synth/sample.json"):
+        assert (clone / rel).read_bytes() == (repo / rel).read_bytes()

@@ -1,6 +1,6 @@
 """Benchmark of the GT cache build: prepare breakdown, per-sample cost split, worker scaling, fast vs devkit map.
 
-    python -m models.nuscenes.bench [--params params.yaml] [--split train] [--repeat 8] [--workers 1 2]
+    python -m benchmarks.bench_gt_cache [--params params.yaml] [--split train] [--repeat 8] [--workers 1 2]
                                    [--reference-samples 100] [--out reports/gt_cache_bench.json]
 
 Scaling runs process the split's scenes ``--repeat`` times over (the same scenes, so a small world still gives
@@ -16,8 +16,8 @@ import numpy as np
 
 from models.common.params import load_section
 
-from . import cache as C
-from .geometry import yaw_of
+from models.nuscenes import cache as C
+from models.nuscenes.geometry import yaw_of
 
 
 def main(argv=None) -> dict:
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
                             "map_share": round(map_time / total, 3), "samples": n}
 
     # fast vs devkit-explorer reference on the first N samples
-    from .map_reference import reference_elements
+    from models.nuscenes.map_reference import reference_elements
 
     m = min(args.reference_samples, len(poses))
     t = time.perf_counter()
