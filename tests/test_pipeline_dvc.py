@@ -97,3 +97,26 @@ def test_push_then_pull_into_a_fresh_clone(repo, tmp_path):
     assert "up to date" in status, status
     for rel in ("data/cache/manifest.json", "data/nuscenes/v1.0-synth/sample.json"):
         assert (clone / rel).read_bytes() == (repo / rel).read_bytes()
+
+
+def test_external_dataroot_needs_no_synthetic_world(repo, tmp_path):
+    """Pointing data.dataroot elsewhere (as for real nuScenes) makes gt_cache independent of synth_world."""
+    if not (repo / "data" / "nuscenes").exists():
+        _run(["dvc", "repro", "synth_world"], repo)
+    external = tmp_path / "nuscenes"
+    shutil.copytree(repo / "data" / "nuscenes", external)
+    yaml = YAML()
+    original = (repo / "params.yaml").read_text()
+    params = yaml.load(original)
+    params["data"]["dataroot"] = str(external)
+    assert "synth_world" in _run(["dvc", "dag", "gt_cache"], repo)  # default: the world is an ancestor
+    with open(repo / "params.yaml", "w") as fh:
+        yaml.dump(params, fh)
+    try:
+        dag = _run(["dvc", "dag", "gt_cache"], repo)
+        assert "gt_cache" in dag and "synth_world" not in dag, dag
+        out = _run(["dvc", "repro", "--force", "gt_cache"], repo)
+        assert _ran(out) == {"gt_cache"}, out
+        assert json.loads((repo / "data" / "cache" / "manifest.json").read_text())["dataroot"] == str(external)
+    finally:
+        (repo / "params.yaml").write_text(original)
