@@ -3,6 +3,7 @@
 Layout written under ``out_dir``::
 
     v1.0-synth/*.json              the 13 tables, plus splits.json {"synth_train": [...], "synth_val": [...]}
+                                   and sensor_digest.json (md5 over every sensor and truth file)
     maps/expansion/<location>.json map expansion (version 1.3) per location used
     maps/<token>.png               semantic prior (drivable area at 0.1 m/px, as the devkit's MapMask expects)
     samples/<CHANNEL>/*.jpg|.pcd.bin   key frames: 6 cameras and LIDAR_TOP
@@ -17,6 +18,7 @@ not depend on the worker count.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 from dataclasses import dataclass
@@ -95,6 +97,7 @@ def generate_world(params: SynthParams, out_dir: Path, progress: bool = True) ->
 
     counts = write_tables(records, out_dir / VERSION, map_tokens)
     write_json(out_dir / VERSION / "splits.json", split_scenes(params))
+    write_json(out_dir / VERSION / "sensor_digest.json", sensor_digest(out_dir))
     write_json(out_dir / "extras" / "manifest.json", {
         "version": VERSION,
         "image_size": [params.image_width, params.image_height],
@@ -109,6 +112,21 @@ def generate_world(params: SynthParams, out_dir: Path, progress: bool = True) ->
         "splits": split_scenes(params),
     })
     return {"tables": counts, "scenes": len(records), "locations": locations}
+
+
+def sensor_digest(dataroot: Path) -> dict:
+    """One md5 over every sensor file and the exact truth, kept beside the tables.
+
+    Stages that read images depend on ``<dataroot>/<version>`` (the tables) rather than on the image
+    folders, so that a real dataroot's hundreds of GB are never hashed by DVC; this file makes the
+    synthetic world's tables folder change whenever any of its pixels do.
+    """
+    h = hashlib.md5()
+    files = sorted(p for d in ("samples", "sweeps", "extras") for p in (Path(dataroot) / d).rglob("*") if p.is_file())
+    for p in files:
+        h.update(str(p.relative_to(dataroot)).encode())
+        h.update(hashlib.md5(p.read_bytes()).digest())
+    return {"files": len(files), "md5": h.hexdigest()}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -392,6 +392,7 @@ def _intersection_polygon(c: np.ndarray, arms: list) -> Polygon:
 def _blocks(nodes, nb, spacing, roads, rng):
     """Car parks with parking spots next to some kerbs, and buildings filling the blocks."""
     carparks, spots, buildings = [], [], []
+    keep_clear = roads.buffer(SIDEWALK_WIDTH + 0.5)  # kerbside walkways stay free of buildings
     x0, y0 = nodes[:, 0].min(), nodes[:, 1].min()
     setback = ROAD_HALF_WIDTH + SIDEWALK_WIDTH + 1.0
     # block cells: inner blocks and a ring of outer blocks around the grid
@@ -445,7 +446,7 @@ def _blocks(nodes, nb, spacing, roads, rng):
                         cx, cy, w, l = lo[0] + depth / 2 + 1, lo[1] + t, length, depth
                     fp = box(cx - l / 2, cy - w / 2, cx + l / 2, cy + w / 2)
                     if (length > 6.0 and cell.contains(fp) and not any(fp.intersects(o) for o in occupied)
-                            and not fp.intersects(roads.buffer(SIDEWALK_WIDTH + 0.5))):
+                            and not fp.intersects(keep_clear)):
                         buildings.append((cx, cy, w, l, height, 0.0))
                         occupied.append(fp.buffer(0.5))
                     pos += length + gap
