@@ -100,10 +100,132 @@ class CacheParams:
     workers: int = _f(2, "worker processes", min=1)
 
 
+@dataclass(frozen=True)
+class TracksParams:
+    """Point tracks on video windows (AMPLIFY conventions) written by the tracks stage."""
+
+    source: str = _f("nuscenes", "videos to track: each scene's CAM_FRONT sweeps of data.dataroot, or a folder of "
+                     "video files / of image-sequence folders (video_dir)", choices=("nuscenes", "videos", "frames"))
+    video_dir: str | None = _f(None, "folder of clips for source videos (*.mp4, *.avi, *.mov, *.mkv, *.webm) or "
+                               "frames (one sub-folder of images per clip); null for nuscenes")
+    frames_fps: float = _f(12.0, "frame rate of image-sequence folders (and of videos whose container reports none)",
+                           gt=0.0, max=1000.0)
+    backend: str = _f("lk", "tracker: lk (OpenCV pyramidal Lucas-Kanade + forward-backward check), cotracker "
+                      "(CoTracker3 offline, needs the package and a local checkpoint), oracle (exact synthetic truth)",
+                      choices=("lk", "cotracker", "oracle"))
+    cotracker_checkpoint: str | None = _f(None, "local CoTracker3 checkpoint (scaled_offline.pth), a state dict of "
+                                          "tensors; null unless backend is cotracker")
+    cotracker_device: str = _f("cpu", "torch device for the cotracker backend", choices=("cpu", "cuda"))
+    target_fps: float = _f(12.0, "frames per second the videos are resampled to (nearest timestamp)",
+                           gt=0.0, max=1000.0)
+    window: int = _f(16, "frames per window T (AMPLIFY horizon 16)", min=2, max=1024)
+    window_stride: int = _f(4, "frames between window starts (the query grid is re-seeded in every window)", min=1)
+    image_size: list = _f([128, 128], "[H, W] the frames are resized to before tracking (AMPLIFY 128 x 128)",
+                          length=2, item_min=8)
+    grid_size: int = _f(20, "query points per side (N = grid_size^2, AMPLIFY 20 x 20 at +-0.95)", min=1)
+    static_threshold: float = _f(0.004, "a point is static when its largest per-frame speed in the window is below "
+                                 "this, normalised units per frame (2 / H = one pixel of a row)", min=0.0)
+    lk_win_size: int = _f(11, "Lucas-Kanade window side, pixels of the resized frames", min=3, max=101)
+    lk_levels: int = _f(3, "Lucas-Kanade pyramid levels above the base image", min=0, max=8)
+    lk_fb_threshold: float = _f(1.0, "forward-backward error (pixels of the resized frames) above which a point is "
+                                "lost (frozen and marked invisible)", gt=0.0)
+    val_fraction: float = _f(0.1, "share of clips in val for folder sources (by a hash of the clip name)",
+                             min=0.0, max=1.0)
+    workers: int = _f(2, "worker processes (one clip at a time each)", min=1)
+
+    def validate(self) -> None:
+        def fail(key: str, why: str):
+            raise ParamsError(f"params: tracks.{key} = {getattr(self, key)!r}: {why}")
+
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in self.image_size):
+            fail("image_size", "items must be integers [H, W] (pixels)")
+        if self.grid_size > min(self.image_size):
+            fail("grid_size", f"more grid points per side than pixels in image_size {self.image_size}")
+        for key in ("video_dir", "cotracker_checkpoint"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                fail(key, "must be a non-empty path string or null")
+        if self.source in ("videos", "frames") and self.video_dir is None:
+            fail("video_dir", f"source '{self.source}' needs a folder of clips (set tracks.video_dir)")
+        if self.backend == "oracle" and self.source != "nuscenes":
+            fail("backend", f"the oracle needs the synthetic world's exact truth; source '{self.source}' has none "
+                            "(use source: nuscenes with the synthetic dataroot)")
+        if self.backend == "cotracker" and self.cotracker_checkpoint is None:
+            fail("cotracker_checkpoint", "backend 'cotracker' needs a local checkpoint path (a state dict of "
+                                         "tensors, e.g. scaled_offline.pth); no network is used at run time")
+
+
+@dataclass(frozen=True)
+class TokenizerParams:
+    """The AMPLIFY motion tokenizer (models/tokenizer) and its training hyperparameters.
+
+    Full AMPLIFY size: hidden_dim 768, num_heads 8, num_layers 2, codebook_size 2048 (30.8 M parameters with
+    two views of 400 tracks); the default is small enough to train in minutes on a CPU.
+    """
+
+    hidden_dim: int = _f(128, "transformer width (AMPLIFY 768); divisible by num_heads", min=8)
+    num_heads: int = _f(4, "attention heads (AMPLIFY 8)", min=1)
+    num_layers: int = _f(2, "encoder blocks; the decoder gets num_layers // 2 (AMPLIFY 2 -> 1)", min=2)
+    decoder_mlp_hidden_dim: int = _f(256, "width of the decoder's per-track ReLU MLP (AMPLIFY 256)", min=1)
+    codebook_size: int = _f(512, "nominal codebook size; FSQ levels from AMPLIFY's table on floor(log2): "
+                            "16 [5,3], 64 [8,8], 256 [8,6,5], 512 [8,8,8], 1024 [8,5,5,5], 2048 [8,8,6,5] "
+                            "(1920 codes), 4096 [7,5,5,5,5] (AMPLIFY 2048)", min=16)
+    per_view: bool = _f(False, "one token per (view, step) instead of per step (AMPLIFY false)")
+    causal_encoder: bool = _f(True, "causal encoder self-attention: token t sees steps <= t (AMPLIFY true)")
+    dropout: float = _f(0.1, "dropout in the transformers (AMPLIFY attn_pdrop 0.1)", min=0.0, max=0.9)
+    loss: str = _f("relative_ce", "relative_ce (AMPLIFY: cross-entropy on the 15x15 displacement classes) or focal",
+                   choices=("relative_ce", "focal"))
+    focal_gamma: float = _f(2.0, "focal loss: exponent of (1 - p) (0 = cross-entropy)", min=0.0)
+    focal_center_weight: float = _f(0.25, "focal loss: weight of elements whose label is the zero-motion class "
+                                    "(others 1.0)", min=0.0)
+    mask_static: bool = _f(False, "average the loss over non-static points only (the data's static flags)")
+    rel_cls_img_size: list = _f([15, 15], "[rows, cols] of the relative-displacement class grid, odd "
+                                "(AMPLIFY 15 x 15: +-7 px per step)", length=2, item_min=3)
+    img_size: list = _f([128, 128], "[H, W] pixel grid the labels and metrics use; one pixel = 2 / H normalised "
+                        "(AMPLIFY 128 x 128; match tracks.image_size)", length=2, item_min=2)
+    epochs: int = _f(30, "training epochs (AMPLIFY 100)", min=1)
+    batch_size: int = _f(32, "windows per optimiser step (AMPLIFY 256)", min=1)
+    lr: float = _f(1.0e-3, "AdamW learning rate (AMPLIFY 1e-4 at full size)", gt=0.0)
+    weight_decay: float = _f(0.0, "AdamW weight decay (AMPLIFY 0.0)", min=0.0)
+    warmup_steps: int = _f(0, "linear learning-rate warm-up steps (AMPLIFY none)", min=0)
+    grad_clip: float = _f(1.0, "gradient-norm clip, 0 = off (AMPLIFY off)", min=0.0)
+    seed: int = _f(0, "seed of initialisation and batch order", min=0)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def fail(key: str, why: str):
+            raise ParamsError(f"params: tokenizer.{key} = {getattr(self, key)!r}: {why}")
+
+        from models.tokenizer.fsq import fsq_levels
+
+        for key in ("hidden_dim", "num_heads", "num_layers", "codebook_size"):
+            if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), int):
+                fail(key, "must be an integer")
+        if self.hidden_dim % self.num_heads:
+            fail("hidden_dim", f"must be divisible by tokenizer.num_heads = {self.num_heads}")
+        if self.num_layers < 2:
+            fail("num_layers", "must be >= 2 (the decoder gets num_layers // 2 blocks, and 0 would ignore the codes)")
+        try:
+            fsq_levels(self.codebook_size)
+        except ValueError as exc:
+            fail("codebook_size", str(exc))
+        for key in ("rel_cls_img_size", "img_size"):
+            value = getattr(self, key)
+            if (not isinstance(value, (list, tuple)) or len(value) != 2
+                    or any(isinstance(v, bool) or not isinstance(v, int) for v in value)):
+                fail(key, "must be two integers [rows, cols]")
+        if any(v % 2 == 0 for v in self.rel_cls_img_size):
+            fail("rel_cls_img_size", "must be odd (an even grid overflows the class range, as in AMPLIFY)")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "synth": SynthParams,
     "cache": CacheParams,
+    "tracks": TracksParams,
+    "tokenizer": TokenizerParams,
 }
 
 

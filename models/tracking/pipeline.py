@@ -1,0 +1,334 @@
+"""The ``tracks`` stage's work: list clips, track each window's query grid, screen, score against exact truth,
+write the outputs.
+
+Per clip (in a fork pool of ``tracks.workers`` processes; results do not depend on the worker count):
+read -> resample to ``target_fps`` -> resize to ``image_size`` -> windows -> the backend tracks AMPLIFY's query
+grid from each window's first frame -> (synthetic world) the oracle tracks the same grid exactly ->
+:func:`models.tracking.conventions.finalize_windows` screens and converts -> TAP-Vid metrics per window.
+
+TAP-Vid scoring (``reports/tracks.json``): each window is one video, ``query_mode = "first"`` with every query
+on frame 0; only queries the truth sees at frame 0 are scored (TAP-Vid queries are visible points); pixel
+coordinates of the resized frames are mapped to a 256 x 256 raster (``(p + 0.5) * 256 / size - 0.5``); the
+split value is the plain mean over windows (NaN windows, with no visible scored point, are counted and left
+out). Windows dropped as ``nan`` are not scored; ``empty_static`` windows are scored (the tracker did run).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+
+from . import conventions as C
+from .metrics import METRIC_KEYS, TAPVID_SIZE, tapvid_metrics, to_tapvid_raster
+from .oracle import SKY_RULE, Oracle, load_scene_truth, to_resized, to_source
+from .sources import Clip, TrackingInputError, folder_clips, load_frames, nuscenes_clips, window_starts
+from .trackers import make_tracker
+
+ARRAYS = {  # name: (shape, dtype, meaning)
+    "tracks": ("(Nw, T, N, 2)", "float32", C.COORDINATES),
+    "visible": ("(Nw, T, N)", "bool", "the backend's visibility (lk: tracked and not lost; oracle: exact)"),
+    "velocities": ("(Nw, T-1, N, 2)", "float32", C.VELOCITIES),
+    "static": ("(Nw, N)", "bool", "max over the window of |velocity| (normalised units per frame) "
+                                  "< tracks.static_threshold"),
+    "window_scene": ("(Nw,)", "int32", "index into splits.<split>.sources (the window's source clip)"),
+    "window_start": ("(Nw,)", "int32", "first frame of the window, frame index at target_fps"),
+    "window_time_us": ("(Nw,)", "int64", "timestamp of the window's first frame: the sample_data timestamp for "
+                                         "nuscenes, microseconds from the clip's first frame for videos/frames"),
+}
+_CTX: dict = {}  # set in the parent before forking: tracker, params, truth
+
+
+# --------------------------------------------------------------------------------------------- clips
+def list_clips(data, tp) -> tuple[dict[str, list[Clip]], str, dict | None]:
+    """({split: clips}, split description, truth index or None). Truth: the synthetic world's extras."""
+    splits = list(data.splits)
+    if tp.source == "nuscenes":
+        clips, split_source = nuscenes_clips(data.dataroot, data.version, splits)
+        truth = _truth_index(data)
+        if tp.backend == "oracle" and truth is None:
+            raise TrackingInputError(f"{Path(data.dataroot) / 'extras' / 'manifest.json'}: tracks.backend = "
+                                     f"'oracle' needs the synthetic world's exact truth (data.version "
+                                     f"{data.version!r} has none)")
+        return clips, split_source, truth
+    clips = folder_clips(tp.video_dir, tp.source, tp.val_fraction, splits)
+    return clips, f"sha256(clip name) / 2^64 < tracks.val_fraction = {tp.val_fraction} -> val, else train", None
+
+
+def _truth_index(data) -> dict | None:
+    path = Path(data.dataroot) / "extras" / "manifest.json"
+    if not path.is_file():
+        return None
+    man = json.loads(path.read_text())
+    if man.get("version") != data.version:
+        return None
+    width, height = man["image_size"]
+    return {"root": str(Path(data.dataroot)), "width": int(width), "height": int(height),
+            "scenes": {name: {"file": rec["file"], "sweep_tokens": rec["sweep_tokens"]}
+                       for name, rec in man["scenes"].items()}}
+
+
+# ------------------------------------------------------------------------------------------ one clip
+def process_clip(clip: Clip) -> dict:
+    """Track every window of one clip. Returns kept windows' arrays, drop counts and per-window scores."""
+    tp, tracker, truth = _CTX["tp"], _CTX["tracker"], _CTX["truth"]
+    H, W = tp.image_size
+    T = tp.window
+    res = {"name": clip.name, "dropped": {r: 0 for r in C.DROP_REASONS}, "windows": 0, "frames": 0,
+           "source_fps": None, "source_size": None, "oracle": {"sky_points": 0, "held_positions": 0}}
+    frames = load_frames(clip, tp.target_fps, (H, W), tp.frames_fps)
+    n = len(frames.rgb)
+    res.update(frames=n, source_fps=frames.source_fps, source_size=frames.source_size)
+    if n == 0:
+        res["dropped"]["no_frames"], res["windows"] = 1, 1
+        return res
+    if n < T:
+        res["dropped"]["short"], res["windows"] = 1, 1
+        return res
+    starts = window_starts(n, T, tp.window_stride)
+    queries = C.query_grid_xy(tp.grid_size, H, W)                              # (N, 2) x, y, resized frames
+    N = len(queries)
+
+    oracle = sweep_of = None
+    if truth is not None and clip.name in truth["scenes"]:
+        rec = truth["scenes"][clip.name]
+        if frames.source_size != (truth["width"], truth["height"]):
+            raise TrackingInputError(f"{clip.name}: frames are {frames.source_size}, the exact truth is for "
+                                     f"{truth['width']}x{truth['height']}")
+        index = {tok: i for i, tok in enumerate(rec["sweep_tokens"])}
+        missing = [tok for tok in frames.tokens if tok not in index]
+        if missing:
+            raise TrackingInputError(f"{Path(truth['root']) / rec['file']}: CAM_FRONT sample_data {missing[0]} of "
+                                     f"scene {clip.name} has no exact truth (extras/manifest.json sweep_tokens)")
+        sweep_of = np.array([index[tok] for tok in frames.tokens], np.int64)
+        oracle = Oracle(load_scene_truth(Path(truth["root"]) / rec["file"], clip.calibration["K"],
+                                         clip.calibration["sensor2ego"], truth["width"], truth["height"]))
+        query_src = to_source(queries, frames.source_size, (H, W))
+
+    if tracker is None and oracle is None:
+        raise TrackingInputError(f"{clip.name}: tracks.backend = 'oracle' but the scene has no exact truth in "
+                                 f"extras/manifest.json")
+    state = tracker.prepare(frames.rgb) if tracker is not None else None
+    pred_xy = np.empty((len(starts), T, N, 2), np.float64)
+    pred_vis = np.empty((len(starts), T, N), bool)
+    gt_xy = gt_vis = None
+    if oracle is not None:
+        gt_xy = np.empty_like(pred_xy)
+        gt_vis = np.empty_like(pred_vis)
+    for w, s in enumerate(starts):
+        if oracle is not None:
+            uv, vis, counts = oracle.track(sweep_of[s:s + T], query_src)
+            gt_xy[w], gt_vis[w] = to_resized(uv, frames.source_size, (H, W)), vis
+            for k in counts:
+                res["oracle"][k] += counts[k]
+        if tracker is None:
+            pred_xy[w], pred_vis[w] = gt_xy[w], gt_vis[w]
+        else:
+            xy, vis = tracker.track(state, s, T, queries)
+            pred_xy[w], pred_vis[w] = xy, vis
+
+    fin = C.finalize_windows(pred_xy, pred_vis, H, W, tp.static_threshold)
+    reason = fin["reason"]
+    keep = reason == ""
+    for r in ("nan", "empty_static"):
+        res["dropped"][r] = int(np.sum(reason == r))
+    res["windows"] = len(starts)
+    res["arrays"] = {
+        "tracks": fin["tracks"][keep], "visible": fin["visible"][keep], "velocities": fin["velocities"][keep],
+        "static": fin["static"][keep], "window_start": np.asarray(starts, np.int32)[keep],
+        "window_time_us": frames.time_us[np.asarray(starts, np.int64)][keep].astype(np.int64),
+    }
+    if gt_xy is not None:
+        scored = reason != "nan"
+        res["scores"] = score_windows(pred_xy[scored], pred_vis[scored], gt_xy[scored], gt_vis[scored], H, W)
+        static_pred = np.broadcast_to(queries[None, None], gt_xy[scored].shape)
+        res["baseline"] = score_windows(static_pred, np.ones_like(gt_vis[scored]), gt_xy[scored], gt_vis[scored], H, W)
+    return res
+
+
+def score_windows(pred_xy, pred_vis, gt_xy, gt_vis, H: int, W: int) -> dict:
+    """Per-window TAP-Vid metrics (b = windows), queries on frame 0, only queries visible in the truth at frame 0
+    scored (the others get query frame T, so no frame is evaluated for them). Returns {key: (b,)} plus
+    ``queries`` (b,) scored per window."""
+    b, T, N, _ = np.shape(gt_xy)
+    if b == 0:
+        return {**{k: np.zeros(0) for k in METRIC_KEYS}, "queries": np.zeros(0, np.int64)}
+    gt = to_tapvid_raster(gt_xy, H, W)                                          # (b, T, N, 2) x, y
+    pred = to_tapvid_raster(pred_xy, H, W)
+    scored = gt_vis[:, 0]                                                        # (b, N)
+    qt = np.where(scored, 0.0, float(T))
+    query_points = np.stack([qt, gt[:, 0, :, 1], gt[:, 0, :, 0]], axis=-1)       # (b, N, 3) t, y, x
+    out = tapvid_metrics(query_points, ~gt_vis.transpose(0, 2, 1), gt.transpose(0, 2, 1, 3),
+                         ~np.asarray(pred_vis, bool).transpose(0, 2, 1), pred.transpose(0, 2, 1, 3), "first")
+    out["queries"] = scored.sum(axis=1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- a split
+def run_split(clips: list[Clip], workers: int, progress: bool = True, desc: str = "tracks") -> list[dict]:
+    """process_clip over clips, in order (a fork pool when workers > 1)."""
+    from tqdm import tqdm
+
+    results: list[dict] = []
+    with tqdm(total=len(clips), desc=desc, unit="clip", disable=not progress, leave=False) as bar:
+        if workers <= 1 or len(clips) <= 1:
+            for c in clips:
+                results.append(process_clip(c))
+                bar.update(1)
+        else:
+            with mp.get_context("fork").Pool(min(workers, len(clips))) as pool:
+                for res in pool.imap(process_clip, clips):
+                    results.append(res)
+                    bar.update(1)
+    return results
+
+
+def _assemble(results: list[dict], T: int, N: int) -> dict:
+    parts: dict[str, list] = {k: [] for k in ARRAYS}
+    for k, res in enumerate(results):
+        arr = res.get("arrays")
+        if not arr:
+            continue
+        parts["window_scene"].append(np.full(len(arr["tracks"]), k, np.int32))
+        for name in ARRAYS:
+            if name != "window_scene":
+                parts[name].append(arr[name])
+    empty = {"tracks": np.zeros((0, T, N, 2), np.float32), "visible": np.zeros((0, T, N), bool),
+             "velocities": np.zeros((0, T - 1, N, 2), np.float32), "static": np.zeros((0, N), bool),
+             "window_scene": np.zeros(0, np.int32), "window_start": np.zeros(0, np.int32),
+             "window_time_us": np.zeros(0, np.int64)}
+    return {name: np.ascontiguousarray(np.concatenate(parts[name])) if parts[name] else empty[name]
+            for name in ARRAYS}
+
+
+def _mean_scores(results: list[dict], key: str) -> dict | None:
+    per = [r[key] for r in results if key in r]
+    if not per:
+        return None
+    cat = {k: np.concatenate([p[k] for p in per]) for k in per[0]}
+    ok = np.isfinite(cat["average_jaccard"]) & np.isfinite(cat["occlusion_accuracy"])
+    out = {k: (round(float(np.mean(cat[k][ok])), 6) if ok.any() else None) for k in METRIC_KEYS}
+    out["windows_scored"] = int(ok.sum())
+    out["windows_without_visible_queries"] = int((~ok).sum())
+    out["queries_scored"] = int(cat["queries"][ok].sum())
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the stage
+def build_tracks(data, tp, out_dir: str | Path, progress: bool = True, log=print) -> tuple[dict, dict]:
+    """Track every split into ``out_dir`` (``<split>.safetensors`` + ``manifest.json``); returns (manifest,
+    metrics). ``out_dir`` should be a fresh directory (the stage passes an atomic temporary one)."""
+    import cv2
+
+    tracker = make_tracker(tp)                               # a backend that cannot run fails before any work
+    clips, split_source, truth = list_clips(data, tp)
+    cv2.setNumThreads(1)
+    with _single_threaded_blas():                            # forked workers inherit the limit
+        return _build(data, tp, tracker, clips, split_source, truth, out_dir, progress, log)
+
+
+def _single_threaded_blas():
+    """The geometry does many tiny matrix products: multi-threaded BLAS only spins (it doubled the CPU time and
+    slowed the other worker). Uses threadpoolctl when it is installed; a no-op otherwise."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _build(data, tp, tracker, clips, split_source, truth, out_dir, progress, log) -> tuple[dict, dict]:
+    from safetensors.numpy import save_file
+
+    from models.common.io import write_json
+
+    _CTX.clear()
+    _CTX.update(tp=tp, tracker=tracker, truth=truth)
+    H, W = tp.image_size
+    T, N = tp.window, tp.grid_size ** 2
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_splits, metrics = {}, {}
+    everything = [c for split_clips in clips.values() for c in split_clips]      # one pool: balanced workers
+    all_results = iter(run_split(everything, tp.workers, progress, desc="tracks"))
+    for split, split_clips in clips.items():
+        results = [next(all_results) for _ in split_clips]
+        arrays = _assemble(results, T, N)
+        save_file(arrays, str(out_dir / f"{split}.safetensors"))
+        dropped = {r: sum(res["dropped"][r] for res in results) for r in C.DROP_REASONS}
+        total = sum(res["windows"] for res in results)
+        counts = {"clips": len(results), "frames": sum(res["frames"] for res in results),
+                  "windows_total": total, "windows_kept": int(len(arrays["tracks"])), "dropped": dropped,
+                  "static_points": int(arrays["static"].sum()), "points": int(arrays["static"].size)}
+        assert counts["windows_kept"] + sum(dropped.values()) == total
+        manifest_splits[split] = {
+            **counts,
+            "sources": [res["name"] for res in results],
+            "dropped_clips": {r: [res["name"] for res in results if res["dropped"][r] and r in ("short", "no_frames")]
+                              for r in ("short", "no_frames")},
+            "source_fps": sorted({res["source_fps"] for res in results if res["source_fps"]}),
+            "source_sizes": sorted({tuple(res["source_size"]) for res in results if res["source_size"]}),
+            "arrays": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
+        }
+        m = {**counts, "static_fraction": round(counts["static_points"] / counts["points"], 6)
+             if counts["points"] else None}
+        scores = _mean_scores(results, "scores")
+        if scores is not None:
+            m["tapvid"] = scores
+            m["tapvid_static_baseline"] = _mean_scores(results, "baseline")
+            m["oracle"] = {k: sum(res["oracle"][k] for res in results) for k in ("sky_points", "held_positions")}
+        metrics[split] = m
+        log(f"tracks {split}: {len(results)} clips, {counts['windows_kept']}/{total} windows kept "
+            f"(dropped {dropped})" + (f"; AJ {scores['average_jaccard']}, delta_avg "
+                                      f"{scores['average_pts_within_thresh']}" if scores else ""))
+
+    params = dataclasses.asdict(tp)
+    manifest = {
+        "params": params,
+        "data": {"dataroot": str(data.dataroot), "version": data.version} if tp.source == "nuscenes" else None,
+        "source": tp.source, "backend": tp.backend,
+        "T": T, "N": N, "grid_size": tp.grid_size, "image_size": [H, W], "fps": tp.target_fps,
+        "coordinate_convention": C.COORDINATE_CONVENTION,
+        "coordinates": C.COORDINATES,
+        "query_points": np.round(C.grid_normalised(tp.grid_size), 9).tolist(),
+        "query_grid": "AMPLIFY grid_queries: linspace(-1 + 1/g, 1 - 1/g, g) per axis, row-major (n = i * g + j), "
+                      "the same grid seeded on the first frame of every window",
+        "velocities": C.VELOCITIES,
+        "static": f"static[w, n] = max_t |velocities[w, t, n]| < {tp.static_threshold} (normalised units per "
+                  f"frame at {tp.target_fps} fps; one pixel of a row = {2.0 / H:.6g})",
+        "visibility": "lk: tracked and not lost (LK status, forward-backward error < lk_fb_threshold px, inside "
+                      "the image); cotracker: predictor visibility (sigmoid > 0.9); oracle: exact (depth test)",
+        "oracle_rules": SKY_RULE if truth is not None else None,
+        "windows": f"windows of T = {T} frames every {tp.window_stride} frames at {tp.target_fps} fps "
+                   f"(nearest-timestamp resampling), frames resized to {H}x{W} (cv2.INTER_AREA, RGB)",
+        "drop_reasons": {"nan": "a non-finite tracked position in the window",
+                         "short": "a clip with fewer than T frames (one per clip)",
+                         "empty_static": "every point of the window is static",
+                         "no_frames": "a clip without a readable frame (one per clip)"},
+        "window_source": "splits.<split>.sources[window_scene[i]] is the source of window i",
+        "split_source": split_source,
+        "splits": manifest_splits,
+        "arrays": {k: {"shape": v[0], "dtype": v[1], "meaning": v[2]} for k, v in ARRAYS.items()},
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    metrics = {"backend": tp.backend, "source": tp.source,
+               "truth": "synthetic world oracle (exact)" if truth is not None else None,
+               "tapvid_conventions": f"query_mode first, queries on frame 0 visible in the truth, {TAPVID_SIZE}x"
+                                     f"{TAPVID_SIZE} raster, mean over windows", **metrics}
+    return manifest, metrics
+
+
+def load_tracks(tracks_dir: str | Path, split: str) -> tuple[dict[str, np.ndarray], dict]:
+    """Read one split of the stage's output: ({array name: array}, manifest)."""
+    from safetensors.numpy import load_file
+
+    tracks_dir = Path(tracks_dir)
+    manifest = json.loads((tracks_dir / "manifest.json").read_text())
+    if split not in manifest["splits"]:
+        raise TrackingInputError(f"{tracks_dir / 'manifest.json'}: no split {split!r} "
+                                 f"(have {sorted(manifest['splits'])})")
+    return load_file(str(tracks_dir / f"{split}.safetensors")), manifest

@@ -1,0 +1,43 @@
+"""DVC stage ``train_tokenizer``: train the AMPLIFY motion tokenizer on the ``tracks`` windows.
+
+    python -m stages.train_tokenizer [--params params.yaml] [--tracks data/tracks]
+                                     [--out data/models/tokenizer] [--live reports/train_tokenizer]
+
+Shared training loop (AdamW, schedule, clipping, safetensors checkpoints last/best/final with resume,
+DDP under ``torchrun``), DVCLive logs in ``--live`` (metrics.json and plots that dvc exp show / dvc plots read).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from models.common.params import load_section
+from stages._cli import guarded
+
+
+def main(argv: list[str] | None = None) -> int:
+    return guarded(_main, argv, (FileNotFoundError, ValueError))
+
+
+def _main(argv: list[str] | None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--tracks", default="data/tracks")
+    ap.add_argument("--out", default="data/models/tokenizer")
+    ap.add_argument("--live", default="reports/train_tokenizer")
+    args = ap.parse_args(argv)
+    params = load_section("tokenizer", args.params)
+
+    from models.tokenizer.training import TokenizerTask, TrackWindows, train_config
+    from models.train import train
+
+    train_set, val_set = TrackWindows(args.tracks, "train"), TrackWindows(args.tracks, "val")
+    task = TokenizerTask(params, num_tracks=int(train_set.N), track_horizon=int(train_set.T))
+    summary = train(task, train_set, val_set, train_config(params), args.out, args.live, resume=True)
+    best = summary.get("best") or {}
+    print(f"train_tokenizer: {len(train_set)} train / {len(val_set)} val windows, {summary['global_step']} steps; "
+          f"best val {best.get('metric')} = {best.get('value')} (epoch {best.get('epoch')}) -> {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
