@@ -13,6 +13,10 @@ from ruamel.yaml import YAML
 
 from tests.conftest import TINY_WORLD
 
+TINY_TRACKS = dict(workers=1, grid_size=8)
+TINY_TOKENIZER = dict(epochs=1, batch_size=8, hidden_dim=32, num_heads=2, decoder_mlp_hidden_dim=32)
+ALL_STAGES = {"synth_world", "gt_cache", "tracks", "train_tokenizer", "report_tokenizer"}
+
 ROOT = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
 
@@ -38,7 +42,7 @@ def repo(tmp_path_factory) -> Path:
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, files):
         src = ROOT / rel
-        if src.is_file() and not rel.startswith(("data/nuscenes/", "data/cache/")):
+        if src.is_file() and not rel.startswith(("data/nuscenes/", "data/cache/", "data/tracks/", "data/models/")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     yaml = YAML()
@@ -46,6 +50,9 @@ def repo(tmp_path_factory) -> Path:
     for key, value in TINY_WORLD.items():
         params["synth"][key] = value
     params["cache"]["workers"] = 1
+    for section, values in (("tracks", TINY_TRACKS), ("tokenizer", TINY_TOKENIZER)):
+        for key, value in values.items():
+            params[section][key] = value
     with open(dst / "params.yaml", "w") as fh:
         yaml.dump(params, fh)
     (dst / "dvc.lock").unlink(missing_ok=True)
@@ -57,7 +64,7 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_then_noop_then_experiments(repo):
     out = _run(["dvc", "repro"], repo)
-    assert _ran(out) == {"synth_world", "gt_cache"}, out
+    assert _ran(out) == ALL_STAGES, out
     manifest = json.loads((repo / "data" / "cache" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["samples"] > 0 and manifest["splits"]["val"]["samples"] > 0
     assert json.loads((repo / "reports" / "synth_world.json").read_text())["scenes"] == TINY_WORLD["num_scenes"]
@@ -71,14 +78,22 @@ def test_repro_then_noop_then_experiments(repo):
     _run(GIT + ["commit", "-qm", "lock"], repo)
 
     out = _run(["dvc", "exp", "run", "-S", "synth.num_scenes=4"], repo)
-    assert _ran(out) == {"synth_world", "gt_cache"}, out
+    assert _ran(out) == ALL_STAGES, out
     _run(["git", "checkout", "--", "params.yaml"], repo)
     out = _run(["dvc", "exp", "run", "-S", "cache.map_points=10"], repo)
     assert _ran(out) == {"gt_cache"}, out
+    _run(["git", "checkout", "--", "params.yaml"], repo)
+    out = _run(["dvc", "exp", "run", "-S", "tokenizer.loss=focal"], repo)
+    assert _ran(out) == {"train_tokenizer", "report_tokenizer"}, out
+    _run(["git", "checkout", "--", "params.yaml"], repo)
+    out = _run(["dvc", "exp", "run", "-S", "tracks.backend=oracle"], repo)
+    assert _ran(out) == {"tracks", "train_tokenizer", "report_tokenizer"}, out
 
     table = _run(["dvc", "exp", "show", "--csv"], repo)
     header = table.splitlines()[0]
-    assert "synth.num_scenes" in header and "cache.map_points" in header
+    assert "synth.num_scenes" in header and "cache.map_points" in header and "tokenizer.loss" in header
+    assert "tracks.backend" in header and any(c.startswith("reports/tracks.json:") for c in header.split(","))
+    assert any("val.loss" in c for c in header.split(",")), header
     assert "reports/synth_world.json:scenes" in header or "scenes" in header, header
 
 
