@@ -183,7 +183,7 @@ class TokenizerParams:
                                 "(AMPLIFY 15 x 15: +-7 px per step)", length=2, item_min=3)
     img_size: list = _f([128, 128], "[H, W] pixel grid the labels and metrics use; one pixel = 2 / H normalised "
                         "(AMPLIFY 128 x 128; match tracks.image_size)", length=2, item_min=2)
-    epochs: int = _f(30, "training epochs (AMPLIFY 100)", min=1)
+    epochs: int = _f(20, "training epochs (AMPLIFY 100)", min=1)
     batch_size: int = _f(32, "windows per optimiser step (AMPLIFY 256)", min=1)
     lr: float = _f(1.0e-3, "AdamW learning rate (AMPLIFY 1e-4 at full size)", gt=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay (AMPLIFY 0.0)", min=0.0)

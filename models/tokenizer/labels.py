@@ -14,7 +14,7 @@ All arithmetic follows the official code step for step, in float32 as it does (`
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -6,7 +6,7 @@ ground-truth first point, so t = 0 is included and always exact.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

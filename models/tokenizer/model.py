@@ -297,12 +297,13 @@ class MotionTokenizer(nn.Module):
     def _logs(self, out, labels, loss, view_loss, ce) -> dict[str, float]:
         pred = out["logits"].argmax(dim=-1)
         perplexity, perplexity_norm = codebook_perplexity(out["indices"], self.cfg.codebook_size)
-        logs = dict(loss=float(loss), ce=float(ce.mean()), label_accuracy=float((pred == labels).float().mean()),
+        logs = dict(loss=float(loss.detach()), ce=float(ce.detach().mean()),
+                    label_accuracy=float((pred == labels).float().mean()),
                     centre_label_fraction=float((labels == self.center_class).float().mean()),
                     centre_pred_fraction=float((pred == self.center_class).float().mean()),
                     perplexity=perplexity, perplexity_norm=perplexity_norm)
         if view_loss.numel() > 1:
-            logs.update({f"loss_view{i}": float(x) for i, x in enumerate(view_loss)})
+            logs.update({f"loss_view{i}": float(x) for i, x in enumerate(view_loss.detach())})
         return logs
 
     # ------------------------------------------------------------------------------------------ evaluation
