@@ -9,6 +9,7 @@ DDP under ``torchrun``), DVCLive logs in ``--live`` (metrics.json and plots that
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from models.common.params import load_section
@@ -35,6 +36,8 @@ def _main(argv: list[str] | None) -> None:
     task = TokenizerTask(params, num_tracks=int(train_set.N), track_horizon=int(train_set.T))
     summary = train(task, train_set, val_set, train_config(params), args.out, args.live, resume=True)
     best = summary.get("best") or {}
+    if summary.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
+        return
     print(f"train_tokenizer: {len(train_set)} train / {len(val_set)} val windows, {summary['global_step']} steps; "
           f"best val {best.get('metric')} = {best.get('value')} (epoch {best.get('epoch')}) -> {args.out}")
 
