@@ -220,12 +220,84 @@ class TokenizerParams:
             fail("rel_cls_img_size", "must be odd (an even grid overflows the class range, as in AMPLIFY)")
 
 
+@dataclass(frozen=True)
+class PlannerParams:
+    """ViT Planner V2 (models/planner/model.py): model sizes and training hyperparameters.
+
+    Seed V1 size: img_size 518, embed_dim 2048 (``vggt_embed_dim``); the default is small enough for a CPU.
+    """
+
+    cameras: list = _f(["CAM_FRONT"], "cameras whose frames the encoder sees, in input order",
+                       item_choices=("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
+                                     "CAM_BACK_RIGHT"), min_len=1)
+    frames: int = _f(4, "input frames per camera: the current key frame and the previous ones (seed 4)", min=1)
+    img_size: int = _f(128, "square input side in pixels (seed V2 128, V1 518); pixels past the last whole "
+                       "patch are dropped", min=1)
+    patch_size: int = _f(14, "ViT patch side in pixels (seed 14)", min=1)
+    embed_dim: int = _f(192, "encoder width (seed vggt_embed_dim 2048); divisible by num_heads", min=8)
+    depth: int = _f(4, "encoder self-attention blocks", min=1)
+    num_heads: int = _f(3, "encoder heads; with use_rope the head width must be divisible by 4", min=1)
+    mlp_ratio: float = _f(4.0, "MLP width / block width in encoder and decoder blocks", gt=0.0)
+    use_rope: bool = _f(True, "2-D RoPE on the spatial axes in encoder attention; false: learnable absolute "
+                        "spatial position embeddings (seed --no_rope)")
+    rope_theta: float = _f(100.0, "RoPE base: frequencies theta^(-2i/d) per spatial axis", gt=1.0)
+    use_2x2_compression: bool = _f(True, "connector concatenates each 2x2 block of patches and maps it by an MLP; "
+                                   "false: a plain linear projection per patch")
+    compression_hidden_dim: int = _f(0, "hidden width of the 2x2 compression MLP (0 = 4 * embed_dim, the "
+                                     "concatenated width)", min=0)
+    compression_num_layers: int = _f(2, "linear layers of the 2x2 compression MLP (seed 2; 1 = one linear map)",
+                                     min=1)
+    odd_grid: str = _f("pad", "2x2 compression of an odd patch grid: pad (zero row/column at the bottom/right, "
+                       "9x9 -> 5x5, keeps every patch) or crop (drop the last row/column, 9x9 -> 4x4 as in the seed)",
+                       choices=("pad", "crop"))
+    decoder_dim: int = _f(192, "connector output and decoder width; divisible by decoder_heads", min=8)
+    decoder_heads: int = _f(3, "decoder heads", min=1)
+    decoder_layers: int = _f(2, "decoder blocks (self-attention over queries, cross-attention to tokens, MLP)",
+                             min=1)
+    future_steps: int = _f(6, "future waypoints, one decoder query each (6 at 2 Hz = 3 s; match cache)", min=1)
+    dt: float = _f(0.5, "seconds between waypoints; waypoints = cumulative sum of velocity * dt", gt=0.0)
+    use_ego_status: bool = _f(False, "feed an ego-status vector as one extra decoder memory token")
+    ego_status_dim: int = _f(4, "length of the ego-status vector (used only with use_ego_status)", min=1)
+    epochs: int = _f(20, "training epochs", min=1)
+    batch_size: int = _f(16, "samples per optimiser step", min=1)
+    lr: float = _f(1.0e-4, "AdamW learning rate", gt=0.0)
+    weight_decay: float = _f(0.05, "AdamW weight decay", min=0.0)
+    warmup_steps: int = _f(100, "linear learning-rate warm-up steps", min=0)
+    grad_clip: float = _f(1.0, "gradient-norm clip, 0 = off", min=0.0)
+    seed: int = _f(0, "seed of initialisation and batch order", min=0)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def fail(key: str, why: str):
+            raise ParamsError(f"params: planner.{key} = {getattr(self, key)!r}: {why}")
+
+        for key in ("frames", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "compression_hidden_dim",
+                    "compression_num_layers", "decoder_dim", "decoder_heads", "decoder_layers", "future_steps",
+                    "ego_status_dim"):
+            if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), int):
+                fail(key, "must be an integer")
+        if self.img_size < self.patch_size:
+            fail("img_size", f"smaller than planner.patch_size = {self.patch_size}: not one patch fits")
+        if self.embed_dim % self.num_heads:
+            fail("embed_dim", f"must be divisible by planner.num_heads = {self.num_heads}")
+        if self.use_rope and (self.embed_dim // self.num_heads) % 4:
+            fail("num_heads", f"2-D RoPE needs a head width (embed_dim / num_heads = "
+                              f"{self.embed_dim // self.num_heads}) divisible by 4")
+        if self.decoder_dim % self.decoder_heads:
+            fail("decoder_dim", f"must be divisible by planner.decoder_heads = {self.decoder_heads}")
+        if self.use_2x2_compression and self.odd_grid == "crop" and self.img_size // self.patch_size < 2:
+            fail("odd_grid", "crop leaves no token of a 1x1 patch grid (use pad or a larger img_size)")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "synth": SynthParams,
     "cache": CacheParams,
     "tracks": TracksParams,
     "tokenizer": TokenizerParams,
+    "planner": PlannerParams,
 }
 
 
