@@ -122,7 +122,7 @@ def ground_hit(origin: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz: np.ndarra
     return np.where(ok, t, np.inf)
 
 
-def box_frames(center: np.ndarray, yaw: np.ndarray) -> np.ndarray:
+def box_frames(yaw: np.ndarray) -> np.ndarray:
     """Box-to-world rotations (N, 3, 3) (rotation about +z by yaw)."""
     return rot_z(np.asarray(yaw, dtype=np.float64).reshape(-1))
 
@@ -131,7 +131,7 @@ def box_corners(center: np.ndarray, size: np.ndarray, yaw: np.ndarray) -> np.nda
     """World corners (N, 8, 3) in CORNER_SIGNS order."""
     half = half_extents(size)                                                   # (N, 3)
     local = CORNER_SIGNS[None] * half[:, None, :]                               # (N, 8, 3)
-    return np.einsum("nij,nkj->nki", box_frames(center, yaw), local) + center[:, None, :]
+    return np.einsum("nij,nkj->nki", box_frames(yaw), local) + center[:, None, :]
 
 
 def half_extents(size: np.ndarray) -> np.ndarray:
