@@ -81,7 +81,6 @@ def _main(argv: list[str] | None) -> None:
 def _first_frames(windows, img_size):
     """A function window index -> its first frame resized to img_size (None where the source has no file)."""
     import cv2
-    import numpy as np
 
     manifest = windows.manifest
     data = manifest.get("data")
@@ -90,7 +89,7 @@ def _first_frames(windows, img_size):
     root = Path(data["dataroot"])
     records = json.loads((root / data["version"] / "sample_data.json").read_text())
     by_time = {r["timestamp"]: r["filename"] for r in records if "__CAM_FRONT__" in r["filename"]}
-    times = np.asarray(windows_time(windows))
+    times = windows.window_time_us
 
     def frame(i: int):
         name = by_time.get(int(times[i]))
@@ -100,12 +99,6 @@ def _first_frames(windows, img_size):
         return cv2.resize(img, (img_size[1], img_size[0]), interpolation=cv2.INTER_AREA)
 
     return frame
-
-
-def windows_time(windows):
-    from safetensors.numpy import load_file
-
-    return load_file(str(windows.path))["window_time_us"]
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class TrackWindows:
         self.manifest = json.loads((Path(tracks_dir) / "manifest.json").read_text())
         arrays = load_file(str(self.path))
         self.arrays = {k: arrays[k] for k in TRACK_ARRAYS}
+        self.window_time_us = arrays["window_time_us"]  # (Nw,) first-frame timestamps, for figures
         bad = np.flatnonzero(~np.isfinite(self.arrays["tracks"]).reshape(len(self.arrays["tracks"]), -1).all(1))
         if len(bad):
             raise ValueError(f"{self.path}: window {int(bad[0])} has non-finite track values "
