@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from tests.conftest import TINY_WORLD
+from tests.conftest import TINY_PLANNER, TINY_WORLD
 
 TINY_TRACKS = dict(workers=1, grid_size=8)
 TINY_TOKENIZER = dict(epochs=1, batch_size=8, hidden_dim=32, num_heads=2, decoder_mlp_hidden_dim=32)
-ALL_STAGES = {"synth_world", "gt_cache", "tracks", "train_tokenizer", "report_tokenizer"}
+ALL_STAGES = {"synth_world", "gt_cache", "tracks", "train_tokenizer", "report_tokenizer", "train_planner",
+              "report_planner"}
+PLANNER = {"train_planner", "report_planner"}
 
 ROOT = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
@@ -50,7 +52,7 @@ def repo(tmp_path_factory) -> Path:
     for key, value in TINY_WORLD.items():
         params["synth"][key] = value
     params["cache"]["workers"] = 1
-    for section, values in (("tracks", TINY_TRACKS), ("tokenizer", TINY_TOKENIZER)):
+    for section, values in (("tracks", TINY_TRACKS), ("tokenizer", TINY_TOKENIZER), ("planner", TINY_PLANNER)):
         for key, value in values.items():
             params[section][key] = value
     with open(dst / "params.yaml", "w") as fh:
@@ -81,7 +83,10 @@ def test_repro_then_noop_then_experiments(repo):
     assert _ran(out) == ALL_STAGES, out
     _run(["git", "checkout", "--", "params.yaml"], repo)
     out = _run(["dvc", "exp", "run", "-S", "cache.map_points=10"], repo)
-    assert _ran(out) == {"gt_cache"}, out
+    assert _ran(out) == {"gt_cache"} | PLANNER, out   # the planner reads the cache (its figures draw the map)
+    _run(["git", "checkout", "--", "params.yaml"], repo)
+    out = _run(["dvc", "exp", "run", "-S", "planner.use_rope=false"], repo)
+    assert _ran(out) == PLANNER, out
     _run(["git", "checkout", "--", "params.yaml"], repo)
     out = _run(["dvc", "exp", "run", "-S", "tokenizer.loss=focal"], repo)
     assert _ran(out) == {"train_tokenizer", "report_tokenizer"}, out
@@ -94,6 +99,9 @@ def test_repro_then_noop_then_experiments(repo):
     assert "synth.num_scenes" in header and "cache.map_points" in header and "tokenizer.loss" in header
     assert "tracks.backend" in header and any(c.startswith("reports/tracks.json:") for c in header.split(","))
     assert any("val.loss" in c for c in header.split(",")), header
+    assert "planner.use_rope" in header, header
+    assert "reports/planner/metrics.json:rows.planner.uniad.l2_avg" in header.split(","), header
+    assert "reports/planner/metrics.json:rows.constant_velocity.stp3.l2_avg" in header.split(","), header
     assert "reports/synth_world.json:scenes" in header or "scenes" in header, header
 
 

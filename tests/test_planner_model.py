@@ -25,7 +25,7 @@ V1 = {"img_size": 518, "embed_dim": 2048, "depth": 24, "num_heads": 16, "decoder
 
 def _small(**kw) -> PlannerParams:
     base = {"embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_dim": 32, "decoder_heads": 2, "decoder_layers": 1,
-            "frames": 2}
+            "frames": 2, "use_ego_status": False}
     base.update(kw)
     return PlannerParams(**base)
 
@@ -126,14 +126,14 @@ def _check_forward_backward(p: PlannerParams, b: int = 2, ego: bool = False):
 
 def test_forward_backward_default_size():
     p = PlannerParams()
-    model = _check_forward_backward(p)
+    model = _check_forward_backward(p, ego=True)
     assert model.encoder.pos_embed is None
     assert model.num_memory_tokens == 4 * 25
 
 
 def test_absolute_position_path_without_rope():
-    model = _check_forward_backward(dataclasses.replace(PlannerParams(), use_rope=False))
-    assert model.encoder.pos_embed.shape == (81, 192)
+    model = _check_forward_backward(dataclasses.replace(PlannerParams(), use_rope=False), ego=True)
+    assert model.encoder.pos_embed.shape == (81, 128)
 
 
 def test_rope_makes_the_encoder_position_aware():
@@ -153,7 +153,15 @@ def test_multi_camera_and_ego_status():
     model = ViTPlannerV2(p)
     out = model(torch.randn(2, 2, 2, 3, 128, 128), torch.randn(2, 3))
     assert out["waypoints"].shape == (2, 6, 2)
-    assert model.num_memory_tokens == 2 * 2 * 25 + 1
+    assert model.num_memory_tokens == 2 * 2 * 25           # the ego status conditions the queries instead
+    model.eval()
+    frames, z = torch.randn(2, 2, 2, 3, 128, 128), torch.randn(2, 3)
+    base = model(frames, z)["waypoints"]
+    assert not torch.allclose(base, model(frames, z + 1.0)["waypoints"])   # the ego status reaches the output
+    mean, std = torch.tensor([5.0, -1.0, 0.5]), torch.tensor([2.0, 0.5, 4.0])
+    model.set_ego_normalization(mean, std)                  # standardised inside: mean + std * z acts like z
+    torch.testing.assert_close(model(frames, mean + std * z)["waypoints"], base)
+    assert set(model.state_dict()) >= {"ego_mean", "ego_std"}  # saved with the weights
     with pytest.raises(ValueError, match="ego_status"):
         model(torch.randn(2, 2, 2, 3, 128, 128))
     with pytest.raises(ValueError, match="frames must be"):
@@ -218,7 +226,7 @@ def test_parameter_count_matches_the_formula(kw):
 
 
 def test_default_parameter_count():
-    assert expected_parameters(PlannerParams()) == 3_858_050
+    assert expected_parameters(PlannerParams()) == 1_348_866
 
 
 def test_v1_size_instantiates_on_meta():
@@ -228,7 +236,7 @@ def test_v1_size_instantiates_on_meta():
     assert model.encoder.grid == 37                          # 518 / 14 exactly
     assert model.num_memory_tokens == 4 * 19 * 19            # 37x37 -> pad -> 19x19 per frame
     assert next(model.parameters()).device.type == "meta"
-    assert count_parameters(model) == expected_parameters(p) == 1_387_165_698
+    assert count_parameters(model) == expected_parameters(p) == 1_387_171_842   # incl. the ego-status embedding
 
 
 # -------------------------------------------------------------------------------------------------- params

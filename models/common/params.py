@@ -234,9 +234,9 @@ class PlannerParams:
     img_size: int = _f(128, "square input side in pixels (seed V2 128, V1 518); pixels past the last whole "
                        "patch are dropped", min=1)
     patch_size: int = _f(14, "ViT patch side in pixels (seed 14)", min=1)
-    embed_dim: int = _f(192, "encoder width (seed vggt_embed_dim 2048); divisible by num_heads", min=8)
-    depth: int = _f(4, "encoder self-attention blocks", min=1)
-    num_heads: int = _f(3, "encoder heads; with use_rope the head width must be divisible by 4", min=1)
+    embed_dim: int = _f(128, "encoder width (seed vggt_embed_dim 2048); divisible by num_heads", min=8)
+    depth: int = _f(2, "encoder self-attention blocks", min=1)
+    num_heads: int = _f(2, "encoder heads; with use_rope the head width must be divisible by 4", min=1)
     mlp_ratio: float = _f(4.0, "MLP width / block width in encoder and decoder blocks", gt=0.0)
     use_rope: bool = _f(True, "2-D RoPE on the spatial axes in encoder attention; false: learnable absolute "
                         "spatial position embeddings (seed --no_rope)")
@@ -250,21 +250,34 @@ class PlannerParams:
     odd_grid: str = _f("pad", "2x2 compression of an odd patch grid: pad (zero row/column at the bottom/right, "
                        "9x9 -> 5x5, keeps every patch) or crop (drop the last row/column, 9x9 -> 4x4 as in the seed)",
                        choices=("pad", "crop"))
-    decoder_dim: int = _f(192, "connector output and decoder width; divisible by decoder_heads", min=8)
-    decoder_heads: int = _f(3, "decoder heads", min=1)
+    decoder_dim: int = _f(128, "connector output and decoder width; divisible by decoder_heads", min=8)
+    decoder_heads: int = _f(2, "decoder heads", min=1)
     decoder_layers: int = _f(2, "decoder blocks (self-attention over queries, cross-attention to tokens, MLP)",
                              min=1)
     future_steps: int = _f(6, "future waypoints, one decoder query each (6 at 2 Hz = 3 s; match cache)", min=1)
     dt: float = _f(0.5, "seconds between waypoints; waypoints = cumulative sum of velocity * dt", gt=0.0)
-    use_ego_status: bool = _f(False, "feed an ego-status vector as one extra decoder memory token")
-    ego_status_dim: int = _f(4, "length of the ego-status vector (used only with use_ego_status)", min=1)
-    epochs: int = _f(20, "training epochs", min=1)
+    use_ego_status: bool = _f(True, "feed the cache's ego status [speed, a_long, yaw_rate, vx, vy] (standardised "
+                              "with train-set statistics), embedded and added to every decoder query")
+    ego_status_dim: int = _f(5, "length of the ego-status vector; must equal the cache's ego_status width (5)",
+                             min=1)
+    epochs: int = _f(12, "training epochs", min=1)
     batch_size: int = _f(16, "samples per optimiser step", min=1)
-    lr: float = _f(1.0e-4, "AdamW learning rate", gt=0.0)
+    lr: float = _f(5.0e-4, "AdamW learning rate", gt=0.0)
     weight_decay: float = _f(0.05, "AdamW weight decay", min=0.0)
-    warmup_steps: int = _f(100, "linear learning-rate warm-up steps", min=0)
+    warmup_steps: int = _f(30, "linear learning-rate warm-up steps", min=0)
     grad_clip: float = _f(1.0, "gradient-norm clip, 0 = off", min=0.0)
     seed: int = _f(0, "seed of initialisation and batch order", min=0)
+    amp: bool = _f(False, "mixed precision (bf16 autocast on CPU, fp16 + GradScaler on CUDA)")
+    num_workers: int = _f(0, "DataLoader worker processes per rank", min=0)
+    image_cache_mb: int = _f(1024, "decode and resize every input image once when all of them fit in this many "
+                             "MB (uint8); otherwise decode per sample", min=0)
+    mlp_hidden_dim: int = _f(512, "Ego-MLP baseline (AD-MLP-like) hidden width", min=1)
+    mlp_layers: int = _f(3, "Ego-MLP linear layers (AD-MLP: 3)", min=1)
+    mlp_use_command: bool = _f(False, "Ego-MLP also reads the high-level command, which is derived from the GT "
+                               "future (a leak; AD-MLP uses it)")
+    mlp_epochs: int = _f(60, "Ego-MLP training epochs", min=1)
+    mlp_lr: float = _f(1.0e-3, "Ego-MLP AdamW learning rate", gt=0.0)
+    figure_samples: int = _f(6, "validation samples drawn as BEV + camera figures by report_planner", min=0)
 
     def __post_init__(self) -> None:
         self.validate()

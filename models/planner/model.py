@@ -19,8 +19,9 @@ Choices the seed leaves open (stated here, used everywhere):
   the patch column (rotate-half pairing, frequencies rope_theta^(-2i/half) per axis). Time has no rotation; it
   is the learnable ``time_embed`` added to every patch of a frame (and ``camera_embed`` per camera).
 - All frames and cameras attend jointly (one sequence of T*N*G*G tokens per sample).
-- ego status (optional, ``use_ego_status``): a (B, ego_status_dim) vector, linearly projected to one extra
-  memory token the decoder queries can attend to.
+- ego status (optional, ``use_ego_status``): a (B, ego_status_dim) vector, standardised (train-split statistics
+  kept as buffers), linearly projected and added to every decoder query (a memory token was tried first: the
+  queries learnt to ignore it, val L2 stayed at the mean-trajectory level).
 """
 from __future__ import annotations
 
@@ -267,8 +268,10 @@ class PlannerDecoder(nn.Module):
                                     for _ in range(p.decoder_layers))
         self.norm = nn.LayerNorm(p.decoder_dim)
 
-    def forward(self, memory: torch.Tensor) -> torch.Tensor:
+    def forward(self, memory: torch.Tensor, query_bias: torch.Tensor | None = None) -> torch.Tensor:
         x = self.queries.expand(memory.shape[0], -1, -1)   # (B, S, D)
+        if query_bias is not None:                         # (B, D), e.g. the embedded ego status
+            x = x + query_bias[:, None]
         for block in self.blocks:
             x = block(x, memory)
         return self.norm(x)
@@ -302,6 +305,7 @@ class ViTPlannerV2(nn.Module):
     """forward(frames, ego_status=None) -> {"waypoints": (B, S, 2), "velocities": (B, S, 2)}.
 
     frames: (B, T, 3, H, W) with one camera, or (B, T, N, 3, H, W) with N = len(p.cameras) in p.cameras order;
+    float (already normalised) or uint8 pixels, mapped to [-1, 1];
     T = p.frames (oldest first is the convention; time_embed is learnt per index), H = W = p.img_size.
     ego_status: (B, p.ego_status_dim), required when p.use_ego_status, refused otherwise.
     """
@@ -313,6 +317,9 @@ class ViTPlannerV2(nn.Module):
         self.encoder = VisionEncoderV2(p)
         self.connector = ConnectorV2(p)
         self.ego_proj = nn.Linear(p.ego_status_dim, p.decoder_dim) if p.use_ego_status else None
+        if p.use_ego_status:  # standardisation of the ego status (train-set statistics, saved with the weights)
+            self.register_buffer("ego_mean", torch.zeros(p.ego_status_dim))
+            self.register_buffer("ego_std", torch.ones(p.ego_status_dim))
         self.decoder = PlannerDecoder(p)
         self.head = VelocityHeadUnit(p.decoder_dim, p.dt)
         self.apply(self._init_weights)
@@ -320,6 +327,11 @@ class ViTPlannerV2(nn.Module):
                       self.decoder.queries):
             if param is not None:
                 nn.init.trunc_normal_(param, std=0.02)
+
+    def set_ego_normalization(self, mean, std) -> None:
+        """Standardise the ego status by these (ego_status_dim,) statistics (use the train split's)."""
+        self.ego_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.ego_std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -329,10 +341,14 @@ class ViTPlannerV2(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @property
+    def head_dtype(self) -> torch.dtype:
+        return self.decoder.queries.dtype
+
+    @property
     def num_memory_tokens(self) -> int:
         p, g = self.p, self.encoder.grid
         per_frame = compressed_grid(g, p.odd_grid) ** 2 if p.use_2x2_compression else g * g
-        return p.frames * len(p.cameras) * per_frame + int(p.use_ego_status)
+        return p.frames * len(p.cameras) * per_frame
 
     def forward(self, frames: torch.Tensor, ego_status: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         p = self.p
@@ -342,15 +358,19 @@ class ViTPlannerV2(nn.Module):
         if frames.dim() != 6 or tuple(frames.shape[1:]) != expected:
             raise ValueError(f"frames must be (B, T, 3, H, W) or (B, T, N, 3, H, W) with (T, N, 3, H, W) = "
                              f"{expected} (planner.frames, cameras, img_size); got {tuple(frames.shape)}")
+        if frames.dtype == torch.uint8:                              # raw pixels -> [-1, 1]
+            frames = frames.to(self.head_dtype) / 127.5 - 1.0
         memory = self.connector(self.encoder(frames))                # (B, M, D_dec)
+        query_bias = None
         if p.use_ego_status:
             if ego_status is None or tuple(ego_status.shape) != (frames.shape[0], p.ego_status_dim):
                 got = None if ego_status is None else tuple(ego_status.shape)
                 raise ValueError(f"use_ego_status: ego_status must be (B, {p.ego_status_dim}); got {got}")
-            memory = torch.cat((memory, self.ego_proj(ego_status.to(memory.dtype))[:, None]), dim=1)  # (B, M+1, D)
+            ego = (ego_status.to(memory.dtype) - self.ego_mean) / self.ego_std
+            query_bias = self.ego_proj(ego)                          # (B, D_dec), added to every query
         elif ego_status is not None:
             raise ValueError("ego_status given but planner.use_ego_status is false")
-        velocities, waypoints = self.head(self.decoder(memory))     # (B, S, 2) each
+        velocities, waypoints = self.head(self.decoder(memory, query_bias))  # (B, S, 2) each
         return {"waypoints": waypoints, "velocities": velocities}
 
 

@@ -6,6 +6,7 @@ initialised a process group. Backend: nccl on CUDA, gloo on CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,17 @@ def setup(device: str = "auto", deterministic: bool = True) -> DistEnv:
 def teardown(env: DistEnv) -> None:
     if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session(device: str = "auto"):
+    """Hold one process group over several ``train()`` calls of one torchrun process (a stage training two
+    models): re-initialising a group after destroying it hangs on torchrun's rendezvous store."""
+    env = setup(device)
+    try:
+        yield env
+    finally:
+        teardown(env)
 
 
 def _comm_device(env: DistEnv) -> torch.device:

@@ -1,0 +1,56 @@
+"""Ego-MLP: the AD-MLP-like ego-state baseline (design/map_and_planning.md B.4), no perception.
+
+Inputs per sample (:func:`ego_features`): the past LIDAR poses (x, y, yaw) of the ego history except the current
+one (which is always 0), their validity flags, the ego status [speed, a_long, yaw_rate, vx, vy] and, with
+``planner.mlp_use_command``, the one-hot high-level command (derived from the GT future: a leak, as in AD-MLP).
+Features are standardised with train-set statistics kept as buffers, so a checkpoint carries them.
+
+    x (B, D) -> [Linear -> ReLU] x (mlp_layers - 1) -> Linear -> (B, F * 2) -> waypoints (B, F, 2) metres
+
+AD-MLP itself: Linear(21 -> 512) - ReLU - Linear(512 -> 512) - ReLU - Linear(512 -> 21), L1 loss.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NUM_COMMANDS = 3
+
+
+def ego_features(batch: dict, use_command: bool) -> torch.Tensor:
+    """Planner items (collated) -> (B, D) float32 features (see the module docstring)."""
+    hist = batch["ego_history"][:, :-1].float()                              # (B, H-1, 3) past poses
+    valid = batch["ego_history_valid"][:, :-1].float()                       # (B, H-1)
+    parts = [hist.flatten(1), valid, batch["ego_status"].float()]
+    if use_command:
+        parts.append(nn.functional.one_hot(batch["command"].long(), NUM_COMMANDS).float())
+    return torch.cat(parts, dim=1)
+
+
+def feature_dim(history_steps: int, ego_status_dim: int, use_command: bool) -> int:
+    return (history_steps - 1) * 4 + ego_status_dim + (NUM_COMMANDS if use_command else 0)
+
+
+class EgoMLP(nn.Module):
+    """forward(features (B, in_dim)) -> {"waypoints": (B, future_steps, 2)}."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, layers: int, future_steps: int):
+        super().__init__()
+        self.future_steps = future_steps
+        self.register_buffer("feat_mean", torch.zeros(in_dim))
+        self.register_buffer("feat_std", torch.ones(in_dim))
+        dims = [in_dim] + [hidden_dim] * (layers - 1) + [future_steps * 2]
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < layers - 1:
+                mods.append(nn.ReLU())
+        self.net = nn.Sequential(*mods)
+
+    def set_normalization(self, mean, std) -> None:
+        self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.feat_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-3))
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (features - self.feat_mean) / self.feat_std
+        return {"waypoints": self.net(x).view(-1, self.future_steps, 2)}    # (B, F, 2)

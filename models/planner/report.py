@@ -1,0 +1,44 @@
+"""Open-loop planning report: the planner and its baselines on the same validation samples and code path.
+
+Rows (each scored by :func:`models.planner.metrics.all_planning_metrics` under the UniAD and ST-P3 conventions):
+
+    planner               ViT Planner V2 (the stage's final checkpoint)
+    ego_mlp               the Ego-MLP baseline trained in the same stage (final checkpoint)
+    constant_velocity     last displacement of the ego history, extrapolated (no learning)
+    constant_turn_rate    CTRV from the last two history poses (no learning)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from models.planner.baselines import constant_velocity, constant_velocity_yaw_rate
+from models.planner.metrics import CONVENTIONS, all_planning_metrics
+
+BASELINE = "constant_velocity"
+
+
+def kinematic_predictions(cache_arrays: dict, steps: int, dt: float) -> dict[str, np.ndarray]:
+    """The two learning-free baselines from the cache arrays -> name -> (S, steps, 2)."""
+    args = (cache_arrays["ego_history"], cache_arrays["ego_history_valid"], cache_arrays["ego_status"])
+    return {"constant_velocity": constant_velocity(*args, steps=steps, dt=dt),
+            "constant_turn_rate": constant_velocity_yaw_rate(*args, steps=steps, dt=dt)}
+
+
+def planning_report(predictions: dict[str, np.ndarray], cache_arrays: dict) -> dict:
+    """name -> (S, F, 2) predictions -> {"rows": {name: {convention: metrics}}, "beats_constant_velocity": ...}.
+
+    ``beats_constant_velocity[name][convention]``: the row's average L2 is strictly below constant velocity's."""
+    a = cache_arrays
+    gt = a["future_waypoints"][..., :2]
+    rows = {}
+    for name, pred in predictions.items():
+        flat = all_planning_metrics(pred, gt, a["future_valid"], a["agent_boxes"], a["agent_valid"],
+                                    a["agent_class"], a["ego_history_valid"])
+        rows[name] = {conv: {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(conv + "/")}
+                      for conv in CONVENTIONS}
+    out: dict = {"rows": rows}
+    if BASELINE in rows:
+        out["beats_constant_velocity"] = {
+            name: {conv: bool(rows[name][conv]["l2_avg"] < rows[BASELINE][conv]["l2_avg"]) for conv in CONVENTIONS}
+            for name in rows if name != BASELINE}
+    return out

@@ -1,0 +1,75 @@
+"""DVC stage ``train_planner``: train ViT Planner V2 and its Ego-MLP baseline on the GT cache.
+
+    python -m stages.train_planner [--params params.yaml] [--cache data/cache] [--out data/models/planner]
+                                   [--live reports/train_planner] [--live-mlp reports/train_ego_mlp]
+    torchrun --nproc_per_node 2 -m stages.train_planner      # DDP (gloo on CPU, NCCL on GPU)
+
+Both go through the shared training loop (AdamW, warm-up + cosine, clipping, AMP, safetensors checkpoints
+last/best/final with resume, DVCLive). Outputs: ``<out>/planner/*.safetensors`` and ``<out>/ego_mlp/*``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from models.common.params import load_section
+from stages._cli import guarded
+
+
+def main(argv: list[str] | None = None) -> int:
+    return guarded(_main, argv, (FileNotFoundError, ValueError))
+
+
+def _main(argv: list[str] | None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--cache", default="data/cache")
+    ap.add_argument("--out", default="data/models/planner")
+    ap.add_argument("--live", default="reports/train_planner")
+    ap.add_argument("--live-mlp", default="reports/train_ego_mlp")
+    args = ap.parse_args(argv)
+    p = load_section("planner", args.params)
+
+    from models.train import distributed
+
+    with distributed.session():  # one process group for both models under torchrun
+        _train_both(p, args)
+
+
+def _train_both(p, args) -> None:
+    from models.planner.data import PlannerSamples
+    from models.planner.training import (
+        EgoMLPTask,
+        EgoOnly,
+        PlannerTask,
+        feature_statistics,
+        mlp_config,
+        planner_config,
+    )
+    from models.train import train
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    train_set = PlannerSamples(args.cache, "train", p, progress=main_rank)
+    val_set = PlannerSamples(args.cache, "val", p, progress=main_rank)
+    history_steps = int(train_set.cache.manifest["history_steps"])
+
+    f_mean, f_std = feature_statistics(train_set, p.mlp_use_command)
+    mlp_train, mlp_val = EgoOnly(train_set), EgoOnly(val_set)
+    steps = -(-len(mlp_train) // p.batch_size)
+    mlp = train(EgoMLPTask(p, history_steps, f_mean, f_std), mlp_train, mlp_val, mlp_config(p, steps),
+                Path(args.out) / "ego_mlp", args.live_mlp, resume=True)
+
+    ego_mean, ego_std = train_set.ego_statistics()
+    planner = train(PlannerTask(p, ego_mean, ego_std), train_set, val_set, planner_config(p),
+                    Path(args.out) / "planner", args.live, resume=True)
+    if not main_rank:
+        return
+    for name, s in (("ego_mlp", mlp), ("planner", planner)):
+        val = s.get("val") or {}
+        print(f"train_planner: {name}: {len(train_set)} train / {len(val_set)} val samples, {s['global_step']} "
+              f"steps; final val l2_avg {val.get('l2_avg', float('nan')):.3f} m (UniAD rule)")
+
+if __name__ == "__main__":
+    sys.exit(main())
