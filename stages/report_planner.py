@@ -31,8 +31,6 @@ def _main(argv: list[str] | None) -> None:
     args = ap.parse_args(argv)
     p = load_section("planner", args.params)
 
-    import torch
-
     from models.common.io import atomic_dir, write_json
     from models.planner.data import PlannerSamples
     from models.planner.figures import default_figure_indices, write_planner_figures
@@ -47,7 +45,6 @@ def _main(argv: list[str] | None) -> None:
     )
     from models.train import load_weights
 
-    torch.set_grad_enabled(False)
     val = PlannerSamples(args.cache, "val", p)
     history_steps = int(val.cache.manifest["history_steps"])
     models = Path(args.models)
