@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import pytest
 import torch
@@ -61,6 +62,23 @@ def test_rope_rows_and_cols_rotate_separate_halves():
     out = apply_rope_2d(q, cos, sin)
     assert torch.equal(out[:, 4:], q[:, 4:])          # column 0: second half untouched
     assert not torch.allclose(out[:, :4], q[:, :4])   # row 3: first half rotated
+
+
+def test_rope_rotates_each_pair_by_its_hand_computed_angle():
+    """head 8: row half = dims 0-3 (pairs (0, 2), (1, 3)), col half = dims 4-7 (pairs (4, 6), (5, 7));
+    pair j of a half turns by pos * theta^(-2j/4)."""
+    q = torch.arange(1.0, 9.0, dtype=torch.float64)[None]
+    row, col, theta = 2, 5, 100.0
+    cos, sin = rope_2d_cos_sin(torch.tensor([row]), torch.tensor([col]), 8, theta)
+    out = apply_rope_2d(q, cos.double(), sin.double())[0]
+    expected = q[0].clone()
+    for base, pos in ((0, row), (4, col)):
+        for j in range(2):
+            a = pos * theta ** (-2 * j / 4)
+            x, y = q[0, base + j], q[0, base + j + 2]
+            expected[base + j] = x * math.cos(a) - y * math.sin(a)
+            expected[base + j + 2] = y * math.cos(a) + x * math.sin(a)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
 
 
 # -------------------------------------------------------------------------------------------------- connector

@@ -36,11 +36,6 @@ from models.common.params import PlannerParams
 # --------------------------------------------------------------------------------------------------
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def rope_1d_angles(pos: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
     """Angles (L, dim) for positions (L,): pairs (i, i + dim/2) share the frequency theta^(-2i/dim)."""
     inv_freq = theta ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=pos.device) / dim)  # (dim/2,)
@@ -56,12 +51,13 @@ def rope_2d_cos_sin(rows: torch.Tensor, cols: torch.Tensor, head_dim: int, theta
 
 
 def apply_rope_2d(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., L, head_dim) by the per-position angles; each half of the head rotates on its own axis."""
-    half = x.shape[-1] // 2
-    c1, c2 = cos[..., :half], cos[..., half:]
-    s1, s2 = sin[..., :half], sin[..., half:]
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * c1 + _rotate_half(x1) * s1, x2 * c2 + _rotate_half(x2) * s2), dim=-1)
+    """Rotate x (..., L, head_dim) by the per-position angles; each half of the head rotates on its own axis.
+
+    Equal to ``cat(x1 * c1 + rotate_half(x1) * s1, x2 * c2 + rotate_half(x2) * s2)`` for the halves x1 (row) and
+    x2 (col), with rotate_half applied within each half, computed in one pass over the whole head."""
+    q = x.unflatten(-1, (2, 2, x.shape[-1] // 4))                  # (..., L, axis, pair half, hd/4)
+    rotated = torch.stack((-q[..., 1, :], q[..., 0, :]), dim=-2).flatten(-3)   # rotate_half within each axis
+    return x * cos + rotated * sin
 
 
 def grid_positions(grid: int, repeats: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
