@@ -32,6 +32,12 @@ def _run(cmd: list[str], cwd: Path) -> str:
     return res.stdout + res.stderr
 
 
+def _back_to_baseline(repo: Path) -> None:
+    """Undo what ``dvc exp run`` leaves in the workspace (it stages its params.yaml, lock and reports)."""
+    _run(["git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock", "reports"], repo)
+    _run(["dvc", "checkout", "-q"], repo)
+
+
 def _ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
@@ -81,16 +87,16 @@ def test_repro_then_noop_then_experiments(repo):
 
     out = _run(["dvc", "exp", "run", "-S", "synth.num_scenes=4"], repo)
     assert _ran(out) == ALL_STAGES, out
-    _run(["git", "checkout", "--", "params.yaml"], repo)
+    _back_to_baseline(repo)
     out = _run(["dvc", "exp", "run", "-S", "cache.map_points=10"], repo)
     assert _ran(out) == {"gt_cache"} | PLANNER, out   # the planner reads the cache (its figures draw the map)
-    _run(["git", "checkout", "--", "params.yaml"], repo)
+    _back_to_baseline(repo)
     out = _run(["dvc", "exp", "run", "-S", "planner.use_rope=false"], repo)
     assert _ran(out) == PLANNER, out
-    _run(["git", "checkout", "--", "params.yaml"], repo)
+    _back_to_baseline(repo)
     out = _run(["dvc", "exp", "run", "-S", "tokenizer.loss=focal"], repo)
     assert _ran(out) == {"train_tokenizer", "report_tokenizer"}, out
-    _run(["git", "checkout", "--", "params.yaml"], repo)
+    _back_to_baseline(repo)
     out = _run(["dvc", "exp", "run", "-S", "tracks.backend=oracle"], repo)
     assert _ran(out) == {"tracks", "train_tokenizer", "report_tokenizer"}, out
 
