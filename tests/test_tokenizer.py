@@ -335,6 +335,41 @@ def test_structure_causal_encoder_per_step_logits_and_decode():
         big.decode(torch.full((1, 5), 2048))
 
 
+def test_input_scale_scales_only_what_the_encoder_sees():
+    """input_scale = s on velocities v feeds the encoder exactly what input_scale = 1 (AMPLIFY) feeds it on s * v;
+    the scale is a constant (same parameters, same checkpoint keys) and labels and loss targets do not change."""
+    torch.manual_seed(0)
+    scaled = MotionTokenizer(small_cfg(input_scale=64.0), num_tracks=16, track_horizon=6).eval()
+    plain = MotionTokenizer(small_cfg(input_scale=1.0), num_tracks=16, track_horizon=6).eval()
+    assert scaled.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(scaled.state_dict())
+    seen = {}
+    for name, model in (("scaled", scaled), ("plain", plain)):
+        model.encoder.encoder_proj.register_forward_hook(
+            lambda module, args, out, name=name: seen.__setitem__(name, args[0].detach().clone()))
+    vel = torch.randn(3, 1, 5, 16, 2) * 0.02
+    out_scaled = scaled(vel)
+    out_plain = plain(vel * 64.0)
+    assert torch.equal(seen["scaled"], seen["plain"])
+    assert torch.equal(out_scaled["z"], out_plain["z"]) and torch.equal(out_scaled["indices"], out_plain["indices"])
+    plain(vel)
+    assert torch.equal(seen["plain"], vel.permute(0, 2, 1, 3, 4).reshape(3, 5, 32))  # AMPLIFY: unscaled (v n d)
+    assert torch.allclose(seen["scaled"], 64.0 * seen["plain"])
+    tracks, _ = constant_velocity(2, 16, 6)
+    assert torch.equal(scaled.labels(tracks), plain.labels(tracks))  # targets are in pixels whatever the scale
+
+
+def test_input_scale_must_be_positive():
+    assert parse_section("tokenizer", {"input_scale": 1}).input_scale == 1.0  # AMPLIFY; an integer is accepted
+    for value in (0, 0.0, -64.0):
+        with pytest.raises(ParamsError) as err:
+            parse_section("tokenizer", {"input_scale": value})
+        assert "tokenizer.input_scale" in str(err.value) and "> 0" in str(err.value), str(err.value)
+    for value in (0.0, -1.0, float("inf")):
+        with pytest.raises(ParamsError, match=r"tokenizer\.input_scale"):
+            TokenizerParams(input_scale=value)
+
+
 def test_per_view_layout():
     model = MotionTokenizer(small_cfg(per_view=True), num_tracks=16, track_horizon=6, num_views=2)
     out = model(torch.randn(2, 2, 5, 16, 2) * 0.02)

@@ -48,8 +48,10 @@ def _build_fsq(levels: list[int], dim: int) -> nn.Module:
 
 
 class VAEEncoder(nn.Module):
-    def __init__(self, in_dim, hidden_dim, num_heads, num_layers, dropout, views, num_timesteps, per_view, causal):
+    def __init__(self, in_dim, hidden_dim, num_heads, num_layers, dropout, views, num_timesteps, per_view, causal,
+                 input_scale=1.0):
         super().__init__()
+        self.input_scale = float(input_scale)  # a constant, not a parameter: checkpoints are unchanged
         self.per_view = per_view
         self.views = views
         self.seq_len = num_timesteps * (views if per_view else 1)
@@ -58,6 +60,8 @@ class VAEEncoder(nn.Module):
                                           attn_mask=causal_mask(self.seq_len) if causal else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale != 1.0:
+            x = x * self.input_scale  # tokenizer.input_scale (AMPLIFY 1.0: raw normalised velocities)
         if self.per_view:
             x = rearrange(x, "b v t n d -> b (v t) (n d)")
         else:
@@ -140,7 +144,7 @@ class MotionTokenizer(nn.Module):
         in_dim = num_tracks * 2 * (1 if cfg.per_view else num_views)
         self.quantize = _build_fsq(self.levels, cfg.hidden_dim)
         self.encoder = VAEEncoder(in_dim, cfg.hidden_dim, cfg.num_heads, cfg.num_layers, cfg.dropout, num_views,
-                                  self.num_timesteps, cfg.per_view, cfg.causal_encoder)
+                                  self.num_timesteps, cfg.per_view, cfg.causal_encoder, cfg.input_scale)
         self.decoder = VAEDecoder(cfg.hidden_dim, cfg.decoder_mlp_hidden_dim, cfg.num_heads, cfg.num_layers // 2,
                                   cfg.dropout, num_views, self.num_timesteps, num_tracks, self.num_classes,
                                   cfg.per_view)
