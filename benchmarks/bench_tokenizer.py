@@ -19,7 +19,7 @@ import torch
 from models.common.params import TokenizerParams
 from models.tokenizer.model import MotionTokenizer
 
-FULL = dict(hidden_dim=768, num_heads=8, num_layers=2, codebook_size=2048, input_scale=1.0)
+FULL = dict(hidden_dim=768, num_heads=8, num_layers=2, codebook_size=2048, input_scale=1.0, dropout=0.1)
 
 
 def _rss_mb() -> float:
