@@ -107,15 +107,19 @@ def test_occupancy_classes_and_invalid_frames():
     assert 30 <= ou[0, 0].sum() <= 60
 
 
-def test_vectorised_fill_matches_cv2():
+@pytest.mark.parametrize("centre_range, max_length", [(40, 15), (62, 15), (55, 120)])
+def test_vectorised_fill_matches_cv2(centre_range, max_length):
+    """Pixel-exact against cv2.fillPoly: boxes inside the grid, boxes across its border (OpenCV clips those edges
+    and fills along the clipped slope), and boxes larger than the grid."""
     cv2 = pytest.importorskip("cv2")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(centre_range)
     N = 2000
     b = np.zeros((N, 7))
-    b[:, :2] = rng.uniform(-40, 40, (N, 2))
-    b[:, 3] = rng.uniform(0.2, 4, N)
-    b[:, 4] = rng.uniform(0.2, 15, N)
+    b[:, :2] = rng.uniform(-centre_range, centre_range, (N, 2))
+    b[:, 3] = rng.uniform(0.2, max_length / 4, N)
+    b[:, 4] = rng.uniform(0.2, max_length, N)
     b[:, 6] = rng.uniform(-4, 4, N)
+    b[:200, 6] = 0.0  # axis-aligned: horizontal and vertical edges
     for conv in M.CONVENTIONS:
         P = M.corners_to_pixels(M.box_corners(b), conv)
         n, r, c = M.fill_polygons(P)
