@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .model import linear_stack
+
 NUM_COMMANDS = 3
 
 
@@ -39,13 +41,7 @@ class EgoMLP(nn.Module):
         self.future_steps = future_steps
         self.register_buffer("feat_mean", torch.zeros(in_dim))
         self.register_buffer("feat_std", torch.ones(in_dim))
-        dims = [in_dim] + [hidden_dim] * (layers - 1) + [future_steps * 2]
-        mods: list[nn.Module] = []
-        for i in range(layers):
-            mods.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < layers - 1:
-                mods.append(nn.ReLU())
-        self.net = nn.Sequential(*mods)
+        self.net = linear_stack([in_dim] + [hidden_dim] * (layers - 1) + [future_steps * 2], nn.ReLU)
 
     def set_normalization(self, mean, std) -> None:
         self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))

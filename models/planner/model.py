@@ -82,6 +82,16 @@ def _merge(y: torch.Tensor) -> torch.Tensor:
     return y.transpose(1, 2).reshape(b, t, h * d)             # (B, L, heads*head_dim)
 
 
+def linear_stack(widths: list[int], activation: type[nn.Module]) -> nn.Sequential:
+    """Linear(widths[0] -> widths[1]) - activation - ... - Linear(widths[-2] -> widths[-1]) (none after the last)."""
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers.append(nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -212,13 +222,7 @@ class PatchCompressor2x2(nn.Module):
     def __init__(self, dim: int, out_dim: int, hidden_dim: int, num_layers: int, odd_grid: str):
         super().__init__()
         self.odd_grid = odd_grid
-        widths = [4 * dim] + [hidden_dim or 4 * dim] * (num_layers - 1) + [out_dim]
-        layers: list[nn.Module] = []
-        for i in range(num_layers):
-            layers.append(nn.Linear(widths[i], widths[i + 1]))
-            if i < num_layers - 1:
-                layers.append(nn.GELU())
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = linear_stack([4 * dim] + [hidden_dim or 4 * dim] * (num_layers - 1) + [out_dim], nn.GELU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m, g, _, d = x.shape

@@ -48,6 +48,7 @@ class _WaypointTask(TrainTask):
     monitor, mode = "l2_avg", "min"
 
     def _predict(self, model, batch) -> torch.Tensor:
+        """(B, F, 2) waypoints for a collated batch; each task (planner, Ego-MLP) feeds its own inputs."""
         raise NotImplementedError
 
     def loss(self, model, batch):
