@@ -106,7 +106,7 @@ def _scan_fill(P: np.ndarray, H: int, W: int):
     big = np.iinfo(np.int64).max // 4
     xs = np.sort(np.where(act, xs, big), axis=-1)
     cols, rows, polys = [], [], []
-    lo = np.where(act.any(-1).any(-1), np.where(xs < big, xs, big).min((1, 2)) >> _XY_SHIFT, 0)
+    lo = np.where(act.any((1, 2)), xs.min((1, 2)) >> _XY_SHIFT, 0)  # inactive lanes hold big
     hi = np.where(xs < big, xs, -big).max((1, 2)) >> _XY_SHIFT
     xmin = np.clip(lo, 0, W - 1)
     Kx = int(np.clip(hi - xmin + 1, 0, W).max()) if N else 0
