@@ -17,6 +17,7 @@ import time
 import torch
 
 from models.common.params import TokenizerParams
+from models.tokenizer.config import TokenizerConfig
 from models.tokenizer.model import MotionTokenizer
 
 FULL = dict(hidden_dim=768, num_heads=8, num_layers=2, codebook_size=2048, input_scale=1.0, dropout=0.1)
@@ -28,7 +29,7 @@ def _rss_mb() -> float:
 
 def measure(params: TokenizerParams, steps: int, batch: int, tracks: int, horizon: int) -> dict:
     torch.manual_seed(0)
-    model = MotionTokenizer(params, num_tracks=tracks, track_horizon=horizon)
+    model = MotionTokenizer(TokenizerConfig.from_params(params), num_tracks=tracks, track_horizon=horizon)
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr)
     start = torch.rand(batch, 1, tracks, 2) * 1.6 - 0.8
     step = (torch.rand(batch, 1, tracks, 2) - 0.5) * 0.05

@@ -3,20 +3,19 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 
 import pytest
 import torch
 
 from models.common.params import ParamsError, PlannerParams, parse_section
+from models.layers import Block, RotaryEmbedding2D
+from models.planner.config import PlannerConfig
 from models.planner.model import (
     ConnectorV2,
     PatchCompressor2x2,
     ViTPlannerV2,
-    apply_rope_2d,
     count_parameters,
     integrate_velocities,
-    rope_2d_cos_sin,
 )
 
 # V1 size: img_size and embed_dim from the seed; depth, heads and decoder sizes are ours (the seed gives none)
@@ -24,61 +23,48 @@ V1 = {"img_size": 518, "embed_dim": 2048, "depth": 24, "num_heads": 16, "decoder
       "decoder_layers": 6}
 
 
-def _small(**kw) -> PlannerParams:
+def _small(**kw) -> PlannerConfig:
     base = {"embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_dim": 32, "decoder_heads": 2, "decoder_layers": 1,
             "frames": 2, "use_ego_status": False}
     base.update(kw)
-    return PlannerParams(**base)
+    return PlannerConfig(**base)
 
 
-# -------------------------------------------------------------------------------------------------- RoPE
+# -------------------------------------------------------------------------------------------------- config
 
 
-def _score(q, k, pq, pk, theta=100.0):
-    """q . k after rotating q at position pq = (row, col) and k at pk."""
-    rows = torch.tensor([pq[0], pk[0]])
-    cols = torch.tensor([pq[1], pk[1]])
-    cos, sin = rope_2d_cos_sin(rows, cols, q.shape[-1], theta)     # (2, hd)
-    x = apply_rope_2d(torch.stack([q, k]), cos, sin)                # (2, hd)
-    return float(x[0] @ x[1])
+def test_config_from_params_takes_only_the_architecture():
+    p = PlannerParams(cameras=["CAM_FRONT", "CAM_BACK"], epochs=3, lr=0.1, num_workers=2, figure_samples=0)
+    c = PlannerConfig.from_params(p)
+    assert c.num_cameras == 2 and c.embed_dim == p.embed_dim and c.img_size == p.img_size
+    assert not {"epochs", "lr", "num_workers", "image_cache_mb", "figure_samples", "mlp_lr"} & set(vars(c))
+    with pytest.raises(TypeError, match="PlannerConfig"):
+        ViTPlannerV2(p)                                          # a params section never reaches the model
+    with pytest.raises(ValueError, match="PlannerConfig.img_size"):
+        PlannerConfig(img_size=10)
 
 
-def test_rope_2d_score_depends_only_on_the_offset():
-    g = torch.Generator().manual_seed(0)
-    q, k = torch.randn(16, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
-    base = _score(q, k, (1, 2), (4, 0))
-    for dy, dx in [(0, 0), (3, 0), (0, 5), (7, 2), (-1, 4)]:
-        assert _score(q, k, (1 + dy, 2 + dx), (4 + dy, 0 + dx)) == pytest.approx(base, abs=1e-4)
-    # a different offset (along either axis) changes the score
-    assert abs(_score(q, k, (1, 2), (5, 0)) - base) > 1e-3
-    assert abs(_score(q, k, (1, 2), (4, 1)) - base) > 1e-3
-    # zero offset: rotation preserves the plain dot product
-    assert _score(q, k, (3, 3), (3, 3)) == pytest.approx(float(q @ k), abs=1e-4)
+def test_encoder_blocks_use_the_shared_2d_rope():
+    """The encoder is built from models/layers: 2-D RoPE on (row, col) of each patch, no rotation of time."""
+    model = ViTPlannerV2(_small(depth=2))
+    for block in model.encoder.blocks:
+        assert isinstance(block, Block) and isinstance(block.attn.rope, RotaryEmbedding2D)
+        assert block.attn.rope.theta == 100.0
+    assert ViTPlannerV2(_small(use_rope=False)).encoder.blocks[0].attn.rope is None
+    names = set(model.state_dict())
+    assert {"encoder.patch_embed.proj.weight", "encoder.blocks.0.attn.qkv.weight", "encoder.blocks.0.mlp.fc1.weight",
+            "decoder.blocks.0.cross_attn.kv.weight", "decoder.blocks.0.norm3.weight"} <= names
 
 
-def test_rope_rows_and_cols_rotate_separate_halves():
-    q = torch.randn(1, 8)
-    cos, sin = rope_2d_cos_sin(torch.tensor([3]), torch.tensor([0]), 8, 100.0)
-    out = apply_rope_2d(q, cos, sin)
-    assert torch.equal(out[:, 4:], q[:, 4:])          # column 0: second half untouched
-    assert not torch.allclose(out[:, :4], q[:, :4])   # row 3: first half rotated
-
-
-def test_rope_rotates_each_pair_by_its_hand_computed_angle():
-    """head 8: row half = dims 0-3 (pairs (0, 2), (1, 3)), col half = dims 4-7 (pairs (4, 6), (5, 7));
-    pair j of a half turns by pos * theta^(-2j/4)."""
-    q = torch.arange(1.0, 9.0, dtype=torch.float64)[None]
-    row, col, theta = 2, 5, 100.0
-    cos, sin = rope_2d_cos_sin(torch.tensor([row]), torch.tensor([col]), 8, theta)
-    out = apply_rope_2d(q, cos.double(), sin.double())[0]
-    expected = q[0].clone()
-    for base, pos in ((0, row), (4, col)):
-        for j in range(2):
-            a = pos * theta ** (-2 * j / 4)
-            x, y = q[0, base + j], q[0, base + j + 2]
-            expected[base + j] = x * math.cos(a) - y * math.sin(a)
-            expected[base + j + 2] = y * math.cos(a) + x * math.sin(a)
-    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+def test_encoder_rotation_depends_on_patch_offset_only():
+    """Two frames with the same content give the same tokens (time has no rotation; time_embed zeroed)."""
+    torch.manual_seed(0)
+    enc = ViTPlannerV2(_small(frames=2, depth=2, img_size=28)).encoder.eval()
+    with torch.no_grad():
+        enc.time_embed.zero_()
+    x = torch.randn(1, 1, 1, 3, 28, 28).expand(1, 2, 1, 3, 28, 28)
+    y = enc(x)
+    torch.testing.assert_close(y[0, 0], y[0, 1])
 
 
 # -------------------------------------------------------------------------------------------------- connector
@@ -127,7 +113,7 @@ def test_connector_tokens(img, compress, odd_grid, per_frame):
 # -------------------------------------------------------------------------------------------------- model
 
 
-def _check_forward_backward(p: PlannerParams, b: int = 2, ego: bool = False):
+def _check_forward_backward(p: PlannerConfig, b: int = 2, ego: bool = False):
     torch.manual_seed(0)
     model = ViTPlannerV2(p)
     frames = torch.randn(b, p.frames, 3, p.img_size, p.img_size)
@@ -143,14 +129,14 @@ def _check_forward_backward(p: PlannerParams, b: int = 2, ego: bool = False):
 
 
 def test_forward_backward_default_size():
-    p = PlannerParams()
+    p = PlannerConfig.from_params(PlannerParams())
     model = _check_forward_backward(p, ego=True)
     assert model.encoder.pos_embed is None
     assert model.num_memory_tokens == 4 * 25
 
 
 def test_absolute_position_path_without_rope():
-    model = _check_forward_backward(dataclasses.replace(PlannerParams(), use_rope=False), ego=True)
+    model = _check_forward_backward(PlannerConfig(use_rope=False), ego=True)
     assert model.encoder.pos_embed.shape == (81, 128)
 
 
@@ -167,7 +153,7 @@ def test_rope_makes_the_encoder_position_aware():
 
 
 def test_multi_camera_and_ego_status():
-    p = _small(cameras=["CAM_FRONT", "CAM_BACK"], use_ego_status=True, ego_status_dim=3)
+    p = _small(num_cameras=2, use_ego_status=True, ego_status_dim=3)
     model = ViTPlannerV2(p)
     out = model(torch.randn(2, 2, 2, 3, 128, 128), torch.randn(2, 3))
     assert out["waypoints"].shape == (2, 6, 2)
@@ -213,9 +199,9 @@ def test_velocity_head_unit_integrates_its_velocities():
 # -------------------------------------------------------------------------------------------------- sizes
 
 
-def expected_parameters(p: PlannerParams) -> int:
+def expected_parameters(p: PlannerConfig) -> int:
     """Parameter count from the architecture description, written independently of the modules."""
-    d, dd, n_cam = p.embed_dim, p.decoder_dim, len(p.cameras)
+    d, dd, n_cam = p.embed_dim, p.decoder_dim, p.num_cameras
     g = p.img_size // p.patch_size
     h, hd = int(d * p.mlp_ratio), int(dd * p.mlp_ratio)
     enc = 3 * p.patch_size ** 2 * d + d + p.frames * d + n_cam * d + (0 if p.use_rope else g * g * d)
@@ -235,20 +221,20 @@ def expected_parameters(p: PlannerParams) -> int:
 
 @pytest.mark.parametrize("kw", [{}, {"use_rope": False}, {"use_2x2_compression": False},
                                 {"compression_hidden_dim": 100, "compression_num_layers": 3},
-                                {"use_ego_status": True, "cameras": ["CAM_FRONT", "CAM_BACK_LEFT"]}])
+                                {"use_ego_status": True, "num_cameras": 2}])
 def test_parameter_count_matches_the_formula(kw):
-    p = dataclasses.replace(PlannerParams(), **kw)
+    p = dataclasses.replace(PlannerConfig.from_params(PlannerParams()), **kw)
     with torch.device("meta"):
         model = ViTPlannerV2(p)
     assert count_parameters(model) == expected_parameters(p)
 
 
 def test_default_parameter_count():
-    assert expected_parameters(PlannerParams()) == 1_348_866
+    assert expected_parameters(PlannerConfig.from_params(PlannerParams())) == 1_348_866
 
 
 def test_v1_size_instantiates_on_meta():
-    p = PlannerParams(**V1)
+    p = PlannerConfig.from_params(PlannerParams(**V1))
     with torch.device("meta"):
         model = ViTPlannerV2(p)
     assert model.encoder.grid == 37                          # 518 / 14 exactly
@@ -260,21 +246,26 @@ def test_v1_size_instantiates_on_meta():
 # -------------------------------------------------------------------------------------------------- params
 
 
+def _arch(**values) -> PlannerConfig:
+    """Load a planner section and make its model config, as a stage does before any work."""
+    return PlannerConfig.from_params(parse_section("planner", values))
+
+
 def test_img_size_smaller_than_patch_is_a_params_error():
     with pytest.raises(ParamsError, match=r"planner\.img_size = 10.*patch_size"):
-        PlannerParams(img_size=10)
+        _arch(img_size=10)
     with pytest.raises(ParamsError, match=r"planner\.img_size"):
-        parse_section("planner", {"img_size": 13, "patch_size": 14})
-    PlannerParams(img_size=14)                               # exactly one patch is fine
+        _arch(img_size=13, patch_size=14)
+    _arch(img_size=14)                                       # exactly one patch is fine
 
 
 def test_other_planner_params_errors():
     with pytest.raises(ParamsError, match=r"planner\.embed_dim"):
-        PlannerParams(embed_dim=100, num_heads=3)
+        _arch(embed_dim=100, num_heads=3)
     with pytest.raises(ParamsError, match=r"planner\.num_heads"):
-        PlannerParams(embed_dim=96, num_heads=16)            # head width 6, not divisible by 4
-    PlannerParams(embed_dim=96, num_heads=16, use_rope=False)
+        _arch(embed_dim=96, num_heads=16)                    # head width 6, not divisible by 4
+    _arch(embed_dim=96, num_heads=16, use_rope=False)
     with pytest.raises(ParamsError, match=r"planner\.odd_grid"):
-        PlannerParams(img_size=20, odd_grid="crop")          # 1x1 grid, crop leaves nothing
+        _arch(img_size=20, odd_grid="crop")                  # 1x1 grid, crop leaves nothing
     with pytest.raises(ParamsError, match=r"planner\.odd_grid"):
         parse_section("planner", {"odd_grid": "drop"})

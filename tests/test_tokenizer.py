@@ -17,6 +17,7 @@ from models.tokenizer import fsq_levels
 from models.tokenizer.labels import (center_class, labels_to_displacements, logits_to_displacements,
                                      tracks_to_labels, velocities_to_points)
 from models.tokenizer.metrics import METRIC_KEYS, codebook_perplexity, trajectory_metrics
+from models.tokenizer.config import TokenizerConfig
 from models.tokenizer.model import MotionTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,8 +234,8 @@ def test_params_validation():
         ({"img_size": [128.0, 128]}, "tokenizer.img_size", "integers"),
         ({"loss": "mse"}, "tokenizer.loss", "one of"),
     ]:
-        with pytest.raises(ParamsError) as err:
-            parse_section("tokenizer", values)
+        with pytest.raises(ParamsError) as err:  # types at load, architecture rules when the config is made
+            TokenizerConfig.from_params(parse_section("tokenizer", values))
         assert key in str(err.value) and why in str(err.value), str(err.value)
 
 
@@ -255,9 +256,9 @@ def test_focal_from_params_file(tmp_path):
 # ------------------------------------------------------------------------------------------------ model
 
 
-def small_cfg(**kw) -> TokenizerParams:
+def small_cfg(**kw) -> TokenizerConfig:
     base = dict(hidden_dim=32, num_heads=2, num_layers=2, codebook_size=64, decoder_mlp_hidden_dim=32, dropout=0.0)
-    return TokenizerParams(**{**base, **kw})
+    return TokenizerConfig.from_params(TokenizerParams(**{**base, **kw}))
 
 
 def expected_num_params(hidden, layers, levels, views, tracks, horizon, mlp_hidden=256, classes=225,
@@ -279,7 +280,7 @@ def expected_num_params(hidden, layers, levels, views, tracks, horizon, mlp_hidd
 
 
 def test_full_amplify_size_on_meta_device():
-    full = TokenizerParams(hidden_dim=768, num_heads=8, num_layers=2, codebook_size=2048)
+    full = TokenizerConfig(hidden_dim=768, num_heads=8, num_layers=2, codebook_size=2048)
     # AMPLIFY's default (two views, 400 tracks, horizon 16): 30,847,973 = encoder 15,400,704 + FSQ 6,916
     # + decoder 15,440,353
     assert expected_num_params(768, 2, [8, 8, 6, 5], views=2, tracks=400, horizon=16) == 30_847_973
@@ -295,7 +296,7 @@ def test_full_amplify_size_on_meta_device():
 
 def test_default_forward_backward_shapes():
     torch.manual_seed(0)
-    model = MotionTokenizer(TokenizerParams(), num_tracks=400, track_horizon=16)
+    model = MotionTokenizer(TokenizerConfig.from_params(TokenizerParams()), num_tracks=400, track_horizon=16)
     assert model.num_params == expected_num_params(128, 2, [8, 8, 8], 1, 400, 16)
     tracks = torch.cumsum(torch.randn(2, 16, 400, 2) * 0.01, dim=1)
     out = model(model.tracks_to_velocities(tracks))
@@ -309,7 +310,7 @@ def test_default_forward_backward_shapes():
     assert {"loss", "ce", "label_accuracy", "perplexity", "perplexity_norm"} <= set(logs)
     assert all(isinstance(v, float) for v in logs.values())
     assert model.reconstruct({"tracks": tracks}).shape == (2, 16, 400, 2)
-    groups = model.param_groups()
+    groups = model.param_groups(0.0)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
@@ -501,3 +502,22 @@ def test_short_training_run_learns_constant_velocity():
     zero_motion = trajectory_metrics(val[:, :1].expand_as(val), val, (size, size))
     assert metrics["mse"] < 0.5 * zero_motion["mse"], (metrics["mse"], zero_motion["mse"])
     assert metrics["delta_auc"] > zero_motion["delta_auc"]
+
+
+def test_loss_is_part_of_forward():
+    """One public call gives the loss (what a DDP wrapper needs): forward(velocities, labels, static)."""
+    torch.manual_seed(0)
+    model = MotionTokenizer(small_cfg(mask_static=True), num_tracks=16, track_horizon=6)
+    tracks = constant_velocity(3, 16, 6)[0]
+    static = torch.zeros(3, 16, dtype=torch.bool)
+    static[:, :4] = True
+    velocities, labels = model.inputs(tracks)
+    out = model(velocities, labels=labels, static=static)
+    want, _ = model.loss_terms(out["logits"], labels, static)
+    torch.testing.assert_close(out["loss"], want)
+    assert out["logs"]["static_fraction"] == 0.25 and "loss" not in model(velocities)
+    loss, logs = model.loss({"tracks": tracks, "static": static})
+    torch.testing.assert_close(loss, want)
+    assert logs == out["logs"]
+    with pytest.raises(TypeError, match="TokenizerConfig"):
+        MotionTokenizer(TokenizerParams(), num_tracks=16, track_horizon=6)

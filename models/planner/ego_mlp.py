@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import linear_stack
+from models.layers import linear_stack
 
 NUM_COMMANDS = 3
 

@@ -12,6 +12,7 @@ import torch
 
 from models.common.params import PlannerParams
 from models.planner.ego_mlp import EgoMLP, ego_features, feature_dim
+from models.planner.config import PlannerConfig
 from models.planner.model import ViTPlannerV2
 from models.train import TrainConfig, TrainTask
 
@@ -47,13 +48,13 @@ def uniad_l2_steps(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
 class _WaypointTask(TrainTask):
     monitor, mode = "l2_avg", "min"
 
-    def _predict(self, model, batch) -> torch.Tensor:
+    def predict(self, model, batch) -> torch.Tensor:
         """(B, F, 2) waypoints for a collated batch; each task (planner, Ego-MLP) feeds its own inputs."""
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: PlannerTask and EgoMLPTask implement it
 
     def loss(self, model, batch):
         valid = batch["target_valid"].float()
-        pred = self._predict(model, batch)
+        pred = self.predict(model, batch)
         loss = waypoint_l1(pred, batch["target"], valid)
         with torch.no_grad():
             l2 = (uniad_l2_steps(pred, batch["target"], valid).sum() / valid.sum().clamp_min(1)).item()
@@ -64,7 +65,7 @@ class _WaypointTask(TrainTask):
         loss_sum, l2_sum, count = 0.0, None, 0
         for batch in loader:
             valid = batch["target_valid"].float()
-            pred = self._predict(model, batch)
+            pred = self.predict(model, batch)
             n = len(valid)
             loss_sum += float(waypoint_l1(pred, batch["target"], valid)) * n
             steps = uniad_l2_steps(pred, batch["target"], valid).sum(0)     # (F,)
@@ -84,12 +85,12 @@ class PlannerTask(_WaypointTask):
         self.p, self.ego_mean, self.ego_std = p, ego_mean, ego_std
 
     def build_model(self) -> ViTPlannerV2:
-        model = ViTPlannerV2(self.p)
+        model = ViTPlannerV2(PlannerConfig.from_params(self.p))
         if self.p.use_ego_status:
             model.set_ego_normalization(self.ego_mean, self.ego_std)
         return model
 
-    def _predict(self, model, batch) -> torch.Tensor:
+    def predict(self, model, batch) -> torch.Tensor:
         ego = batch["ego_status"] if self.p.use_ego_status else None
         return model(batch["frames"], ego)["waypoints"]
 
@@ -105,7 +106,7 @@ class EgoMLPTask(_WaypointTask):
         model.set_normalization(self.feat_mean, self.feat_std)
         return model
 
-    def _predict(self, model, batch) -> torch.Tensor:
+    def predict(self, model, batch) -> torch.Tensor:
         return model(ego_features(batch, self.p.mlp_use_command))["waypoints"]
 
 
@@ -138,7 +139,7 @@ class EgoOnly(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def predict(model, dataset, predict_fn, batch_size: int = 32) -> np.ndarray:
+def predict_split(model, dataset, predict_fn, batch_size: int = 32) -> np.ndarray:
     """(S, F, 2) float32 predictions over ``dataset`` in order (eval mode, CPU or the model's device)."""
     model.eval()
     device = next(model.parameters()).device

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from models.common.params import TokenizerParams
+from models.tokenizer.config import TokenizerConfig
 from models.tokenizer.fsq import fsq_levels
 from models.tokenizer.labels import (center_class, logits_to_displacements, points_to_velocities,
                                      tracks_to_labels, velocities_to_points)
@@ -113,15 +113,18 @@ class MotionTokenizer(nn.Module):
     """The AMPLIFY motion tokenizer.
 
     ``MotionTokenizer(cfg, num_tracks=400, track_horizon=16, num_views=1)``: the shape arguments come from the
-    data (N points per window, T frames per window, V camera views); ``cfg`` is a :class:`TokenizerParams`.
+    data (N points per window, T frames per window, V camera views); ``cfg`` is a :class:`TokenizerConfig`
+    (``TokenizerConfig.from_params(params.tokenizer)``).
     Tensors: tracks ``(B, T, N, 2)`` or ``(B, V, T, N, 2)`` normalised (row, col); velocities the per-step
     differences ``(B, V, T-1, N, 2)`` (``(B, T-1, N, 2)`` is accepted when V = 1); indices ``(B, L)`` long with
     ``L = T-1`` (``V*(T-1)`` with ``per_view``); logits ``(B, V, T-1, N, R*C)``.
     """
 
-    def __init__(self, cfg: TokenizerParams, num_tracks: int = 400, track_horizon: int = 16, num_views: int = 1):
+    def __init__(self, cfg: TokenizerConfig, num_tracks: int = 400, track_horizon: int = 16, num_views: int = 1):
         super().__init__()
-        cfg.validate()
+        if not isinstance(cfg, TokenizerConfig):
+            raise TypeError(f"MotionTokenizer takes a TokenizerConfig (TokenizerConfig.from_params(params)), got "
+                            f"{type(cfg).__name__}")
         for name, value, low in (("num_tracks", num_tracks, 1), ("track_horizon", track_horizon, 2),
                                  ("num_views", num_views, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -211,17 +214,32 @@ class MotionTokenizer(nn.Module):
         codes = self.quantize.indices_to_codes(indices.to(torch.int32))
         return self.decode_codes(codes)
 
-    def forward(self, velocities: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Velocities ``(B, V, T-1, N, 2)`` -> ``dict(logits, indices, codes, z)``.
+    def forward(self, velocities: torch.Tensor, labels: torch.Tensor | None = None,
+                static: torch.Tensor | None = None) -> dict[str, Any]:
+        """Velocities ``(B, V, T-1, N, 2)`` -> ``dict(logits, indices, codes, z)``; with ``labels`` also the loss.
 
         ``logits`` ``(B, V, T-1, N, R*C)``; ``indices`` ``(B, L)`` long; ``codes`` ``(B, L, D)`` quantised and
         projected; ``z`` ``(B, L, D)`` the encoder output before FSQ. (The official ``forward`` returns
         ``(x_recon, indices, rel_logits)`` with logits flattened ``(B, V*(T-1)*N, C)`` in (v, t, n) order, i.e.
         ``logits.flatten(1, 3)`` here; ``x_recon`` is ``logits_to_displacements(logits)``.)
+        With ``labels`` ``(B, V, T-1, N)`` (from :meth:`inputs`) and optional ``static`` flags ``(B, N)``: ``loss``
+        (scalar, see :meth:`loss_terms`), ``view_loss`` ``(V,)`` and ``logs`` (floats, see :meth:`loss`). The loss
+        is computed inside forward so that a DDP wrapper synchronises its gradients with one call.
         """
         z = self._encode(velocities)
         codes, indices = self._quantize(z)
-        return dict(logits=self.decode_codes(codes), indices=indices, codes=codes, z=z)
+        out = dict(logits=self.decode_codes(codes), indices=indices, codes=codes, z=z)
+        if labels is not None:
+            loss, view_loss, ce = self._loss(out["logits"], labels, static)
+            out.update(loss=loss, view_loss=view_loss, logs=self._logs(out, labels, loss, view_loss, ce))
+            if static is not None:
+                out["logs"]["static_fraction"] = float(static.float().mean())
+        return out
+
+    def inputs(self, tracks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tracks ``(B, [V,] T, N, 2)`` -> (velocities ``(B, V, T-1, N, 2)``, labels ``(B, V, T-1, N)``)."""
+        tracks = self._as_5d(tracks, self.track_horizon, "tracks")
+        return self.tracks_to_velocities(tracks), tracks_to_labels(tracks, self.img_size, self.grid_size)
 
     # ------------------------------------------------------------------------------------------ loss
     def labels(self, tracks: torch.Tensor) -> torch.Tensor:
@@ -286,16 +304,8 @@ class MotionTokenizer(nn.Module):
         (:func:`codebook_perplexity` with the nominal codebook size); ``loss_view{i}`` when V > 1;
         ``static_fraction`` when the batch has ``static``.
         """
-        tracks = self._as_5d(batch["tracks"], self.track_horizon, "tracks")
-        velocities = self.tracks_to_velocities(tracks)
-        labels = tracks_to_labels(tracks, self.img_size, self.grid_size)
-        out = self(velocities)
-        static = batch.get("static")
-        loss, view_loss, ce = self._loss(out["logits"], labels, static)
-        logs = self._logs(out, labels, loss, view_loss, ce)
-        if static is not None:
-            logs["static_fraction"] = float(static.float().mean())
-        return loss, logs
+        out = self(*self.inputs(batch["tracks"]), static=batch.get("static"))
+        return out["loss"], out["logs"]
 
     @torch.no_grad()
     def _logs(self, out, labels, loss, view_loss, ce) -> dict[str, float]:
@@ -331,23 +341,20 @@ class MotionTokenizer(nn.Module):
     def evaluate(self, batch: dict[str, Any]) -> dict[str, float]:
         """Loss logs plus :func:`trajectory_metrics` of :meth:`reconstruct` against the tracks (one forward pass)."""
         tracks = self._as_5d(batch["tracks"], self.track_horizon, "tracks")
-        velocities = self.tracks_to_velocities(tracks)
-        labels = tracks_to_labels(tracks, self.img_size, self.grid_size)
-        out = self(velocities)
-        loss, view_loss, ce = self._loss(out["logits"], labels, batch.get("static"))
-        logs = self._logs(out, labels, loss, view_loss, ce)
+        out = self(*self.inputs(tracks), static=batch.get("static"))
+        logs = out["logs"]
         steps = logits_to_displacements(out["logits"], self.img_size, self.grid_size)
         pred = velocities_to_points(steps, init_points=tracks[:, :, :1].float(), time_dim=2)
         logs.update(trajectory_metrics(pred, tracks.float(), self.img_size))
         return logs
 
     # ------------------------------------------------------------------------------------------ optimiser
-    def param_groups(self, weight_decay: float | None = None) -> list[dict]:
+    def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay on Linear weight matrices; none on biases, LayerNorm weights and embeddings.
 
-        ``weight_decay`` defaults to ``cfg.weight_decay`` (AMPLIFY: 0.0 on every parameter, betas (0.9, 0.95)).
+        (AMPLIFY: weight decay 0.0 on every parameter, betas (0.9, 0.95).)
         """
-        wd = self.cfg.weight_decay if weight_decay is None else weight_decay
+        wd = weight_decay
         decay, no_decay = [], []
         for module in self.modules():
             for name, p in module.named_parameters(recurse=False):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from models.common.params import TokenizerParams
+from models.tokenizer.config import TokenizerConfig
 from models.tokenizer.model import MotionTokenizer
 from models.train import TrainConfig, TrainTask
 
@@ -63,25 +64,18 @@ class TokenizerTask(TrainTask):
         self.shape = dict(num_tracks=num_tracks, track_horizon=track_horizon, num_views=1)
 
     def build_model(self) -> MotionTokenizer:
-        return MotionTokenizer(self.params, **self.shape)
+        return MotionTokenizer(TokenizerConfig.from_params(self.params), **self.shape)
 
     def param_groups(self, model: MotionTokenizer) -> list[dict]:
-        decay, no_decay = model.param_groups()
+        decay, no_decay = model.param_groups(self.params.weight_decay)
         return [{"name": "decay", "params": decay["params"], "weight_decay": decay["weight_decay"]},
                 {"name": "no_decay", "params": no_decay["params"], "weight_decay": 0.0}]
 
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """One forward call (through the DDP wrapper when there is one, so gradients are synchronised)."""
         inner = model.module if hasattr(model, "module") else model
-        if inner is model:
-            return model.loss(batch)
-        # under DDP, go through forward() so gradients are synchronised
-        tracks = inner._as_5d(batch["tracks"], inner.track_horizon, "tracks")
-        from models.tokenizer.labels import tracks_to_labels
-
-        labels = tracks_to_labels(tracks, inner.img_size, inner.grid_size)
-        out = model(inner.tracks_to_velocities(tracks))
-        loss, view_loss, ce = inner._loss(out["logits"], labels, batch.get("static"))
-        return loss, inner._logs(out, labels, loss, view_loss, ce)
+        out = model(*inner.inputs(batch["tracks"]), static=batch.get("static"))
+        return out["loss"], out["logs"]
 
     def evaluate(self, model: MotionTokenizer, loader) -> dict[str, float]:
         """Per-window means of the loss logs and the official trajectory metrics."""

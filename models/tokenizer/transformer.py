@@ -2,9 +2,16 @@
 
 Same structure, parameter names and initialisation as the official modules: pre-LN blocks, Linear and LayerNorm
 without bias inside the blocks, a GELU MLP of width 4x, a learned positional embedding followed by dropout, a
-final LayerNorm, GPT-2 init (N(0, 0.02), residual ``c_proj`` at ``0.02 / sqrt(2 * n_layers)``). Attention runs
-through ``torch.nn.functional.scaled_dot_product_attention`` with a boolean mask where True means "may attend";
-the official full masks are passed as ``None`` (identical result). Mask buffers are not saved in state dicts.
+final LayerNorm, GPT-2 init (N(0, 0.02), residual ``c_proj`` at ``0.02 / sqrt(2 * n_layers)``). The attention
+math is the shared ``models.layers.attend`` (SDPA, boolean mask where True means "may attend"; the official full
+masks are passed as ``None``, identical result). Mask buffers are not saved in state dicts.
+
+Why these modules are not ``models.layers.Attention`` / ``Mlp`` / ``Block``: AMPLIFY's checkpoints name the fused
+projection ``c_attn`` (not ``qkv``), the output ``c_proj`` (not ``proj``), the MLP ``c_fc`` / ``c_proj`` (not
+``fc1`` / ``fc2``), the norms ``ln_1`` / ``ln_2`` and split cross-attention into ``q_proj`` / ``kv_proj``; its
+decoder block runs self-attention -> MLP -> cross-attention -> MLP (four residual branches), and GPT-2's init finds
+the residual projections by the name ``c_proj``. Keeping the names keeps official checkpoints loadable without a
+key map; what is shared is the attention computation itself (head split, SDPA with masks, merge).
 """
 from __future__ import annotations
 
@@ -12,7 +19,8 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from models.layers import attend, merge_heads, split_heads
 
 
 def causal_mask(seq_len: int, device=None) -> torch.Tensor:
@@ -20,16 +28,9 @@ def causal_mask(seq_len: int, device=None) -> torch.Tensor:
     return torch.tril(torch.ones(seq_len, seq_len, dtype=torch.bool, device=device))
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (eps 1e-5)."""
-
-    def __init__(self, dim: int, bias: bool):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+def LayerNorm(dim: int, bias: bool) -> nn.LayerNorm:  # noqa: N802 (the official class name)
+    """LayerNorm with an optional bias (eps 1e-5); parameters ``weight`` [and ``bias``]."""
+    return nn.LayerNorm(dim, eps=1e-5, bias=bias)
 
 
 class MLP(nn.Module):
@@ -42,11 +43,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
-
-def _heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
-    b, t, c = x.shape
-    return x.view(b, t, n_head, c // n_head).transpose(1, 2)  # (b, heads, t, head_dim)
 
 
 class SelfAttention(nn.Module):
@@ -63,13 +59,12 @@ class SelfAttention(nn.Module):
         self.register_buffer("attn_mask", attn_mask, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
+        t = x.shape[1]
         q, k, v = self.c_attn(x).split(self.hidden_dim, dim=2)
         mask = None if self.attn_mask is None else self.attn_mask[:t, :t]
-        y = F.scaled_dot_product_attention(_heads(q, self.n_head), _heads(k, self.n_head), _heads(v, self.n_head),
-                                           attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(b, t, c)
-        return self.resid_dropout(self.c_proj(y))
+        y = attend(split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head),
+                   attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)  # (b, heads, t, head_dim)
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
 
 
 class CrossAttention(nn.Module):
@@ -88,13 +83,11 @@ class CrossAttention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
         q = self.q_proj(x)
         k, v = self.kv_proj(cond).split(self.hidden_dim, dim=2)
-        y = F.scaled_dot_product_attention(_heads(q, self.n_head), _heads(k, self.n_head), _heads(v, self.n_head),
-                                           dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(b, t, c)
-        return self.resid_dropout(self.c_proj(y))
+        y = attend(split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head),
+                   dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
 
 
 class EncoderBlock(nn.Module):
