@@ -107,28 +107,78 @@ def test_occupancy_classes_and_invalid_frames():
     assert 30 <= ou[0, 0].sum() <= 60
 
 
+def test_fill_hand_worked_rectangles_and_half_to_even_rounding():
+    fv = np.ones((1, F), bool)
+    # 2 m x 4 m at (10, 10), yaw 0 (length along x): x 8..12 -> cols 116..124 (uniad) / 76..84 (stp3),
+    # y 9..11 -> rows 118..122; cv2.fillPoly includes the boundary: 5 x 9 = 45 cells
+    b, v, c = boxes(1, 1, [(0, 1, 0, 10.0, 10.0, 2.0, 4.0, 0.0, 0)])
+    for conv, cols in (("uniad", (116, 124)), ("stp3", (76, 84))):
+        occ = M.occupancy_grid(b, v, c, fv, conv)[0, 0]
+        expect = np.zeros((200, 200), bool)
+        expect[118:123, cols[0]:cols[1] + 1] = True
+        assert (occ == expect).all(), conv
+    # corners at 0.25 and 0.75 m: (v + 50) / 0.5 = 100.5 and 101.5 -> numpy's half-to-even gives 100 and 102
+    # (floor would give 100..101, round-half-up 101..102)
+    b, v, c = boxes(1, 1, [(0, 1, 0, 0.5, 0.5, 0.5, 0.5, 0.0, 0)])
+    occ = M.occupancy_grid(b, v, c, fv, "uniad")[0, 0]
+    assert np.argwhere(occ).min(0).tolist() == [100, 100] and np.argwhere(occ).max(0).tolist() == [102, 102]
+    assert occ.sum() == 9
+    # across the border: x 47..51 -> cols 194..202, clipped to 194..199; rows 98..102
+    b, v, c = boxes(1, 1, [(0, 1, 0, 49.0, 0.0, 2.0, 4.0, 0.0, 0)])
+    occ = M.occupancy_grid(b, v, c, fv, "uniad")[0, 0]
+    expect = np.zeros((200, 200), bool)
+    expect[98:103, 194:200] = True
+    assert (occ == expect).all()
+
+
+def test_overlapping_boxes_give_their_union():
+    """One fillPoly call per box (UniAD): a box inside another leaves no hole (a single multi-polygon call would)."""
+    fv = np.ones((1, F), bool)
+    b, v, c = boxes(1, 2, [(0, 1, 0, 0.0, 0.0, 4.0, 8.0, 0.0, 0), (0, 1, 1, 0.0, 0.0, 2.0, 2.0, 0.0, 0)])
+    occ = M.occupancy_grid(b, v, c, fv, "uniad")[0, 0]
+    expect = np.zeros((200, 200), bool)
+    expect[96:105, 92:109] = True  # y -2..2 -> rows 96..104, x -4..4 -> cols 92..108
+    assert (occ == expect).all()
+
+
 @pytest.mark.parametrize("centre_range, max_length", [(40, 15), (62, 15), (55, 120)])
-def test_vectorised_fill_matches_cv2(centre_range, max_length):
-    """Pixel-exact against cv2.fillPoly: boxes inside the grid, boxes across its border (OpenCV clips those edges
-    and fills along the clipped slope), and boxes larger than the grid."""
+def test_occupancy_matches_uniad_recipe(centre_range, max_length):
+    """The whole rasteriser against UniAD's recipe written out independently (occflow_label.py): per valid box of
+    the convention's classes, corners from (x, y, w, l, yaw), ``np.round((v + 50) / 0.5)`` with the column sign,
+    int32, one ``cv2.fillPoly`` per box. Boxes inside the grid, across its border, larger than the grid, and
+    overlapping in the same frame; axis-aligned ones give horizontal and vertical edges."""
     cv2 = pytest.importorskip("cv2")
     rng = np.random.default_rng(centre_range)
-    N = 2000
-    b = np.zeros((N, 7))
-    b[:, :2] = rng.uniform(-centre_range, centre_range, (N, 2))
-    b[:, 3] = rng.uniform(0.2, max_length / 4, N)
-    b[:, 4] = rng.uniform(0.2, max_length, N)
-    b[:, 6] = rng.uniform(-4, 4, N)
-    b[:200, 6] = 0.0  # axis-aligned: horizontal and vertical edges
-    for conv in M.CONVENTIONS:
-        P = M.corners_to_pixels(M.box_corners(b), conv)
-        n, r, c = M.fill_polygons(P)
-        mine = np.zeros((N, 200, 200), np.uint8)
-        mine[n, r, c] = 1
-        for i in range(N):
-            ref = np.zeros((200, 200), np.uint8)
-            cv2.fillPoly(ref, [P[i].astype(np.int32)], 1)
-            assert (ref == mine[i]).all(), (conv, i, P[i].tolist())
+    S, A = 4, 40
+    b = np.zeros((S, F + 1, A, 7), np.float32)
+    b[..., :2] = rng.uniform(-centre_range, centre_range, (S, F + 1, A, 2))
+    b[..., 3] = rng.uniform(0.2, max_length / 4, (S, F + 1, A))
+    b[..., 4] = rng.uniform(0.2, max_length, (S, F + 1, A))
+    b[..., 6] = rng.uniform(-4, 4, (S, F + 1, A))
+    b[:, :, :5, 6] = 0.0
+    v = rng.random((S, F + 1, A)) < 0.9
+    c = rng.integers(0, 3, (S, F + 1, A)).astype(np.int8)
+    fv = np.ones((S, F), bool)
+    fv[0, 4:] = False
+    for conv, classes, sign in (("uniad", (0,), 1.0), ("stp3", (0, 1), -1.0)):
+        ref = np.zeros((S, F, 200, 200), np.uint8)
+        for s in range(S):
+            for t in range(F):
+                if not fv[s, t]:
+                    ref[s, t] = 1 if conv == "uniad" else 0
+                    continue
+                for a in range(A):
+                    if not v[s, t + 1, a] or c[s, t + 1, a] not in classes:
+                        continue
+                    x, y, _, w, l, _, yaw = b[s, t + 1, a].astype(np.float64)
+                    d = np.array([[l / 2, w / 2], [l / 2, -w / 2], [-l / 2, -w / 2], [-l / 2, w / 2]])
+                    rot = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+                    xy = d @ rot.T + [x, y]
+                    poly = np.stack([np.round((sign * xy[:, 0] + 50) / 0.5), np.round((xy[:, 1] + 50) / 0.5)], -1)
+                    cv2.fillPoly(ref[s, t], [poly.astype(np.int32)], 1)
+        occ = M.occupancy_grid(b, v, c, fv, conv)
+        assert occ.dtype == bool and occ.shape == (S, F, 200, 200)
+        assert (occ == ref.astype(bool)).all(), (conv, np.argwhere(occ != ref.astype(bool))[:5].tolist())
 
 
 def test_perfect_prediction_gives_zero_even_on_gt_collisions():

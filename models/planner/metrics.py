@@ -8,10 +8,9 @@ Grid (both conventions): 200 x 200 cells of 0.5 m over [-50, 50); ``grid[s, t, r
 row <-> LIDAR y and col <-> +x (``'uniad'``) or -x (``'stp3'``, the mirror image).
 
 * Occupancy rasteriser (UniAD ``occflow_label.py``): each box's 4 bottom corners -> ``round((v + 50) / 0.5)``
-  (numpy round, half to even), then ``cv2.fillPoly`` with (col, row). :func:`occupancy_grid` re-implements
-  ``cv2.fillPoly`` (OpenCV 4.x, shift 0, LINE_8) vectorised: the fixed-point scan-line fill plus the 8-connected
-  Bresenham edges, both following OpenCV's clipping of edges that leave the grid (pixel-exact against cv2 4.11,
-  boxes across the border included). Classes: vehicles (``'uniad'``), vehicles + pedestrians (``'stp3'``). Future frames outside
+  (numpy round, half to even), then ``cv2.fillPoly`` with (col, row) as int32, one call per box as UniAD does
+  (so overlapping boxes give their union; one call with several polygons would cancel the overlaps). Classes:
+  vehicles (``'uniad'``), vehicles + pedestrians (``'stp3'``). Future frames outside
   the scene are all-occupied (UniAD's 255) for ``'uniad'``; for ``'stp3'`` they are left empty (those samples are
   excluded from the ST-P3 metric anyway).
   Deviation (documented, pitfall 11): ST-P3 rasterises in its ego (rear-axle) yaw-only frame and warps the
@@ -28,6 +27,7 @@ row <-> LIDAR y and col <-> +x (``'uniad'``) or -x (``'stp3'``, the mirror image
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 CONVENTIONS = ("uniad", "stp3")
@@ -41,9 +41,6 @@ BOX_COLS = np.arange(98, 102)  # ... and columns (8 x 4 = 32 cells)
 OCC_CLASSES = {"uniad": (0,), "stp3": (0, 1)}  # cache agent_class: 0 vehicle, 1 pedestrian, 2 other
 COL_SIGN = {"uniad": 1.0, "stp3": -1.0}
 METRIC_KEYS = ("l2_1s", "l2_2s", "l2_3s", "l2_avg", "col_1s", "col_2s", "col_3s", "col_avg")
-_XY_SHIFT = 16
-_XY_ONE = 1 << _XY_SHIFT
-_CHUNK = 4096  # polygons rasterised per vectorised chunk
 
 
 def _check(convention: str) -> None:
@@ -73,137 +70,13 @@ def corners_to_pixels(corners_xy: np.ndarray, convention: str) -> np.ndarray:
     return np.stack([col, row], -1).astype(np.int64)
 
 
-def _scan_fill(P: np.ndarray, H: int, W: int):
-    """cv2 CollectPolyEdges + FillEdgeCollection for (N, V, 2) int (x, y) polygons -> (poly, row, col) index
-    arrays. Like OpenCV 4.x, an edge with an end outside the image is first clipped (:func:`_clip_line`) and the
-    scan line follows the clipped segment's slope, extended back to the original end rows."""
-    N, V, _ = P.shape
-    p0, p1 = P, np.roll(P, -1, axis=1)
-    outside = ((p0 < 0) | (p1 < 0) | (p0[..., :1] >= W) | (p1[..., :1] >= W)
-               | (p0[..., 1:] >= H) | (p1[..., 1:] >= H)).any(-1)  # (N, V)
-    c0, c1, _ = _clip_line(p0, p1, H, W)
-    c0 = np.where(outside[..., None], c0, p0)
-    c1 = np.where(outside[..., None], c1, p1)
-    keep_y = ~outside | (c0[..., 1] == c1[..., 1])  # cv2 keeps the original rows when clipping flattens the edge
-    c0y = np.where(keep_y, p0[..., 1], c0[..., 1])
-    c1y = np.where(keep_y, p1[..., 1], c1[..., 1])
-    num = (c1[..., 0] - c0[..., 0]) * _XY_ONE
-    den = c1y - c0y
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dx = np.where(den != 0, np.sign(num) * np.sign(den) * (np.abs(num) // np.maximum(np.abs(den), 1)), 0)
-    top0 = p0[..., 1] < p1[..., 1]  # the edge starts at its upper end
-    y0 = np.where(top0, p0[..., 1], p1[..., 1])
-    y1 = np.where(top0, p1[..., 1], p0[..., 1])
-    X0 = np.where(top0, c0[..., 0] * _XY_ONE + (p0[..., 1] - c0y) * dx,
-                  c1[..., 0] * _XY_ONE + (p1[..., 1] - c1y) * dx)  # fixed-point x at row y0
-    ymin = P[..., 1].min(1)
-    K = int((P[..., 1].max(1) - ymin).max()) if N else 0
-    if K == 0:  # no polygon spans a row boundary: only the edges (Bresenham) are drawn
-        return (np.zeros(0, np.int64),) * 3
-    ys = ymin[:, None] + np.arange(K)[None, :]  # (N, K)
-    act = (y1 > y0)[:, None, :] & (ys[..., None] >= y0[:, None, :]) & (ys[..., None] < y1[:, None, :])  # (N,K,V)
-    xs = X0[:, None, :] + (ys[..., None] - y0[:, None, :]) * dx[:, None, :]
-    big = np.iinfo(np.int64).max // 4
-    xs = np.sort(np.where(act, xs, big), axis=-1)
-    cols, rows, polys = [], [], []
-    lo = np.where(act.any((1, 2)), xs.min((1, 2)) >> _XY_SHIFT, 0)  # inactive lanes hold big
-    hi = np.where(xs < big, xs, -big).max((1, 2)) >> _XY_SHIFT
-    xmin = np.clip(lo, 0, W - 1)
-    Kx = int(np.clip(hi - xmin + 1, 0, W).max()) if N else 0
-    cx = xmin[:, None, None] + np.arange(Kx)[None, None, :]  # (N, 1, Kx)
-    for j in range(0, V - 1, 2):  # consecutive sorted pairs
-        xl, xr = xs[..., j], xs[..., j + 1]
-        ok = xr < big
-        x1 = (xl + _XY_ONE - 1) >> _XY_SHIFT
-        x2 = xr >> _XY_SHIFT
-        m = ok[..., None] & (cx >= x1[..., None]) & (cx <= x2[..., None])
-        n, k, c = np.nonzero(m)
-        polys.append(n), rows.append(ys[n, k]), cols.append(cx[n, 0, c])
-    return np.concatenate(polys), np.concatenate(rows), np.concatenate(cols)
-
-
-def _clip_line(p1: np.ndarray, p2: np.ndarray, H: int, W: int):
-    """Vectorised OpenCV ``clipLine(Size, pt1, pt2)`` (Cohen-Sutherland, (double) products cast toward zero).
-    Returns clipped (p1, p2) and whether any part is inside."""
-    x1, y1 = p1[..., 0].astype(np.int64), p1[..., 1].astype(np.int64)
-    x2, y2 = p2[..., 0].astype(np.int64), p2[..., 1].astype(np.int64)
-    right, bottom = W - 1, H - 1
-
-    def code(x, y):
-        return (x < 0) * 1 + (x > right) * 2 + (y < 0) * 4 + (y > bottom) * 8
-
-    c1, c2 = code(x1, y1), code(x2, y2)
-    go = ((c1 & c2) == 0) & ((c1 | c2) != 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        m = go & ((c1 & 12) != 0)
-        a = np.where(c1 < 8, 0, bottom)
-        nx = x1 + np.trunc((a - y1).astype(np.float64) * (x2 - x1) / (y2 - y1))
-        x1 = np.where(m, np.nan_to_num(nx).astype(np.int64), x1); y1 = np.where(m, a, y1)
-        c1 = np.where(m, (x1 < 0) * 1 + (x1 > right) * 2, c1)
-        m = go & ((c2 & 12) != 0)
-        a = np.where(c2 < 8, 0, bottom)
-        nx = x2 + np.trunc((a - y2).astype(np.float64) * (x2 - x1) / (y2 - y1))
-        x2 = np.where(m, np.nan_to_num(nx).astype(np.int64), x2); y2 = np.where(m, a, y2)
-        c2 = np.where(m, (x2 < 0) * 1 + (x2 > right) * 2, c2)
-        go2 = go & ((c1 & c2) == 0) & ((c1 | c2) != 0)
-        m = go2 & (c1 != 0)
-        a = np.where(c1 == 1, 0, right)
-        ny = y1 + np.trunc((a - x1).astype(np.float64) * (y2 - y1) / (x2 - x1))
-        y1 = np.where(m, np.nan_to_num(ny).astype(np.int64), y1); x1 = np.where(m, a, x1)
-        c1 = np.where(m, 0, c1)
-        m = go2 & (c2 != 0)
-        a = np.where(c2 == 1, 0, right)
-        ny = y2 + np.trunc((a - x2).astype(np.float64) * (y2 - y1) / (x2 - x1))
-        y2 = np.where(m, np.nan_to_num(ny).astype(np.int64), y2); x2 = np.where(m, a, x2)
-        c2 = np.where(m, 0, c2)
-    return np.stack([x1, y1], -1), np.stack([x2, y2], -1), (c1 | c2) == 0
-
-
-def _bresenham(P: np.ndarray):
-    """cv2 Line (LINE_8, LineIterator left-to-right) of every polygon edge -> (poly, row, col) index arrays.
-    Like cv2, each edge is first clipped to the image (:func:`_clip_line`) and the walk starts at the clipped ends."""
-    N, V, _ = P.shape
-    p0, p1, inside = _clip_line(P, np.roll(P, -1, axis=1), GRID, GRID)
-    swap = p1[..., 0] < p0[..., 0]
-    a = np.where(swap[..., None], p1, p0)
-    b = np.where(swap[..., None], p0, p1)
-    ax = b[..., 0] - a[..., 0]
-    ddy = b[..., 1] - a[..., 1]
-    sy = np.where(ddy < 0, -1, 1)
-    ay = np.abs(ddy)
-    ymajor = ay > ax
-    D = np.where(ymajor, ay, ax)
-    d = np.where(ymajor, ax, ay)
-    L = int(D.max()) + 1 if N else 0
-    err = D - 2 * d
-    m = np.zeros_like(D)
-    minor = np.zeros((N, V, L), np.int64)
-    for k in range(1, L):  # walk over the major axis (vectorised over all edges)
-        step = err < 0
-        err = err + np.where(step, 2 * D - 2 * d, -2 * d)
-        m = m + step
-        minor[..., k] = m
-    k = np.arange(L)[None, None, :]
-    x = a[..., 0:1] + np.where(ymajor[..., None], minor, k)
-    y = a[..., 1:2] + sy[..., None] * np.where(ymajor[..., None], k, minor)
-    valid = (k <= D[..., None]) & inside[..., None]
-    n, e, kk = np.nonzero(valid)
-    return n, y[n, e, kk], x[n, e, kk]
-
-
-def fill_polygons(P: np.ndarray, H: int = GRID, W: int = GRID):
-    """Vectorised ``cv2.fillPoly`` (shift 0, LINE_8) of (N, V, 2) integer (col, row) polygons.
-    Returns (poly_index, row, col) of the drawn pixels inside the H x W image (duplicates possible)."""
-    P = np.asarray(P, dtype=np.int64)
-    out = [], [], []
-    for i in range(0, len(P), _CHUNK):
-        q = P[i:i + _CHUNK]
-        for n, r, c in (_scan_fill(q, H, W), _bresenham(q)):
-            keep = (r >= 0) & (r < H) & (c >= 0) & (c < W)
-            out[0].append(n[keep] + i), out[1].append(r[keep]), out[2].append(c[keep])
-    if not out[0]:
-        return (np.zeros(0, np.int64),) * 3
-    return tuple(np.concatenate(o) for o in out)
+def fill_boxes(frames: np.ndarray, frame_index: np.ndarray, pixels: np.ndarray) -> None:
+    """``cv2.fillPoly(frames[k], [poly], 1)`` (shift 0, LINE_8) for each (V, 2) (col, row) polygon of ``pixels``
+    (N, V, 2) into frame ``frame_index[n]`` of the C-contiguous uint8 ``frames`` (K, H, W), in place. One call per
+    polygon, as UniAD's ``occflow_label.py``: overlaps give the union."""
+    pts = np.ascontiguousarray(pixels, dtype=np.int32)
+    for k, poly in zip(frame_index.tolist(), pts):
+        cv2.fillPoly(frames[k], [poly], 1)
 
 
 def occupancy_grid(agent_boxes, agent_valid, agent_class, future_valid, convention: str) -> np.ndarray:
@@ -219,11 +92,11 @@ def occupancy_grid(agent_boxes, agent_valid, agent_class, future_valid, conventi
     S, F = boxes.shape[:2]
     sel = valid & np.isin(cls, OCC_CLASSES[convention]) & fv[..., None]
     s, t, a = np.nonzero(sel)
-    occ = np.zeros((S, F, GRID, GRID), dtype=bool)
+    occ = np.zeros((S, F, GRID, GRID), dtype=np.uint8)
     if len(s):
         pix = corners_to_pixels(box_corners(boxes[s, t, a]), convention)
-        n, r, c = fill_polygons(pix)
-        occ[s[n], t[n], r, c] = True
+        fill_boxes(occ.reshape(S * F, GRID, GRID), s * F + t, pix)
+    occ = occ.view(bool)  # 0 / 1 bytes
     if convention == "uniad":
         occ[~fv] = True
     return occ
