@@ -1,19 +1,19 @@
 """DVC stage ``gt_cache``: per-split planning / map / agent GT cache from any nuScenes dataroot.
 
-    python -m stages.gt_cache [--params params.yaml] [--out data/cache] [--metrics reports/gt_cache.json]
+    python -m stages.gt_cache [--params params.yaml] [-S data.KEY=VALUE | -S cache.KEY=VALUE ...] [--no-progress]
+                              [--out data/cache] [--metrics reports/gt_cache.json]
 
 Reads the ``data`` and ``cache`` sections (validated before any work) and builds the cache through
 ``models.nuscenes.cache.build_cache`` into a temporary directory that replaces ``--out`` only on success.
-Timings go to the console only: the metrics file holds deterministic content statistics.
+Timings go to the console only: ``--metrics`` holds the sample count per split, ``<metrics>_details.json`` beside
+it the deterministic content statistics of ``cache_statistics``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from models.common.io import atomic_dir, write_json
-from models.common.params import load_section
-from stages._cli import guarded
+from models.common.io import atomic_dir
+from stages._cli import guarded, load_params, show_progress, stage_parser, write_reports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,20 +23,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml", help="params file (sections: data, cache)")
+    ap = stage_parser(__doc__)
     ap.add_argument("--out", default="data/cache", help="output cache directory")
-    ap.add_argument("--metrics", default="reports/gt_cache.json", help="content statistics for dvc exp show ('' to skip)")
-    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ap.add_argument("--metrics", default="reports/gt_cache.json",
+                    help="samples per split ('' to skip; content statistics beside it in <name>_details.json)")
     args = ap.parse_args(argv)
-    data = load_section("data", args.params)
-    cache = load_section("cache", args.params)
+    data, cache = load_params(args, "data", "cache")
 
     from models.nuscenes.cache import build_cache
     from models.nuscenes.dataset import cache_statistics
 
     with atomic_dir(args.out) as tmp:
-        summary = build_cache(data, cache, tmp, progress=not args.no_progress)
+        summary = build_cache(data, cache, tmp, progress=show_progress(args))
         stats = cache_statistics(tmp)
     prep, breakdown = summary.pop("_prepare_seconds"), summary.pop("_prepare_breakdown")
     print(f"gt_cache: {data.dataroot} ({data.version}) -> {args.out}; workers {cache.workers}; prepare "
@@ -45,8 +43,7 @@ def _main(argv: list[str] | None) -> None:
         rate = s["samples"] / s["seconds"] if s["seconds"] > 0 else float("nan")
         print(f"  {split}: {s['samples']} samples, {s['scenes']} scenes, {s['map_elements']} map elements "
               f"(max {s['max_map_elements']}/sample), {s['seconds']:.2f} s, {rate:.0f} samples/s")
-    if args.metrics:
-        write_json(args.metrics, stats)
+    write_reports(args.metrics, {f"{split}_samples": s["samples"] for split, s in stats.items()}, stats)
 
 
 if __name__ == "__main__":

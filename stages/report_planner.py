@@ -1,21 +1,20 @@
 """DVC stage ``report_planner``: open-loop metrics of the planner and its baselines, and figures.
 
-    python -m stages.report_planner [--params params.yaml] [--cache data/cache] [--models data/models/planner]
-                                    [--out reports/planner]
+    python -m stages.report_planner [--params params.yaml] [-S planner.KEY=VALUE ...] [--no-progress]
+                                    [--cache data/cache] [--models data/models/planner] [--out reports/planner]
 
-Writes ``<out>/metrics.json`` (rows planner / ego_mlp / constant_velocity / constant_turn_rate, each under the
-UniAD and ST-P3 conventions, so ``dvc exp show`` puts the model and its baselines in one row) and
+Writes ``<out>/metrics.json`` (average L2 and collision rate of planner / ego_mlp / constant_velocity /
+constant_turn_rate under the UniAD and ST-P3 conventions, so ``dvc exp show`` puts the model and its baselines
+in one row), ``<out>/details.json`` (every horizon, which rows beat constant velocity, the sample count) and
 ``<out>/figures/`` (BEV + CAM_FRONT projection for ``planner.figure_samples`` fixed validation samples).
 The learned models are scored from their ``final.safetensors`` (not ``best``, which validation chose).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from models.common.params import load_section
-from stages._cli import guarded
+from stages._cli import guarded, load_params, show_progress, stage_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,17 +22,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
+    ap = stage_parser(__doc__)
     ap.add_argument("--cache", default="data/cache")
     ap.add_argument("--models", default="data/models/planner")
     ap.add_argument("--out", default="reports/planner")
     args = ap.parse_args(argv)
-    p = load_section("planner", args.params)
+    [p] = load_params(args, "planner")
+    from models.planner.config import PlannerConfig
+
+    PlannerConfig.from_params(p)  # rules between architecture keys, before any work
 
     from models.common.io import atomic_dir, write_json
     from models.planner.data import PlannerSamples
     from models.planner.figures import default_figure_indices, write_planner_figures
+    from models.planner.config import PlannerConfig
     from models.planner.model import ViTPlannerV2
     from models.planner.report import kinematic_predictions, planning_report
     from models.planner.training import (
@@ -41,22 +43,22 @@ def _main(argv: list[str] | None) -> None:
         EgoOnly,
         PlannerTask,
         build_ego_mlp,
-        predict,
+        predict_split,
     )
     from models.train import load_weights
 
-    val = PlannerSamples(args.cache, "val", p)
+    val = PlannerSamples(args.cache, "val", p, progress=show_progress(args))
     history_steps = int(val.cache.manifest["history_steps"])
     models = Path(args.models)
-    planner = ViTPlannerV2(p)
+    planner = ViTPlannerV2(PlannerConfig.from_params(p))
     load_weights(models / "planner" / "final.safetensors", planner)
     mlp = build_ego_mlp(p, history_steps)
     load_weights(models / "ego_mlp" / "final.safetensors", mlp)
-    # statistics are buffers inside the checkpoints; the tasks are used only for their _predict
+    # statistics are buffers inside the checkpoints; each task knows which inputs its model reads
     planner_task = PlannerTask(p, None, None)
     mlp_task = EgoMLPTask(p, history_steps, None, None)
-    predictions = {"planner": predict(planner, val, planner_task._predict),
-                   "ego_mlp": predict(mlp, EgoOnly(val), mlp_task._predict),
+    predictions = {"planner": predict_split(planner, val, planner_task.predict),
+                   "ego_mlp": predict_split(mlp, EgoOnly(val), mlp_task.predict),
                    **kinematic_predictions(val.cache.arrays, p.future_steps, p.dt)}
     report = planning_report(predictions, val.cache.arrays)
     report["samples"] = len(val)
@@ -64,7 +66,10 @@ def _main(argv: list[str] | None) -> None:
 
     with atomic_dir(Path(args.out) / "figures") as fig_dir:
         write_planner_figures(fig_dir, val.cache, predictions, default_figure_indices(val.cache, p.figure_samples))
-    write_json(Path(args.out) / "metrics.json", report)
+    write_json(Path(args.out) / "details.json", report)
+    write_json(Path(args.out) / "metrics.json", {
+        name: {conv: {k: row[conv][k] for k in ("l2_avg", "col_avg")} for conv in row}
+        for name, row in report["rows"].items()})
     rows = report["rows"]
     for conv in ("uniad", "stp3"):
         parts = ", ".join(f"{n} {r[conv]['l2_avg']:.3f} m / {r[conv]['col_avg']:.2f} %" for n, r in rows.items())

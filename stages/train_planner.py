@@ -1,6 +1,7 @@
 """DVC stage ``train_planner``: train ViT Planner V2 and its Ego-MLP baseline on the GT cache.
 
-    python -m stages.train_planner [--params params.yaml] [--cache data/cache] [--out data/models/planner]
+    python -m stages.train_planner [--params params.yaml] [-S planner.KEY=VALUE ...] [--no-progress]
+                                   [--cache data/cache] [--out data/models/planner]
                                    [--live reports/train_planner] [--live-mlp reports/train_ego_mlp]
     torchrun --nproc_per_node 2 -m stages.train_planner      # DDP (gloo on CPU, NCCL on GPU)
 
@@ -9,13 +10,11 @@ last/best/final with resume, DVCLive). Outputs: ``<out>/planner/*.safetensors`` 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
-from models.common.params import load_section
-from stages._cli import guarded
+from stages._cli import guarded, load_params, show_progress, stage_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,14 +22,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
+    ap = stage_parser(__doc__)
     ap.add_argument("--cache", default="data/cache")
     ap.add_argument("--out", default="data/models/planner")
     ap.add_argument("--live", default="reports/train_planner")
     ap.add_argument("--live-mlp", default="reports/train_ego_mlp")
     args = ap.parse_args(argv)
-    p = load_section("planner", args.params)
+    [p] = load_params(args, "planner")
+    from models.planner.config import PlannerConfig
+
+    PlannerConfig.from_params(p)  # rules between architecture keys, before any work
 
     from models.train import distributed
 
@@ -51,19 +52,20 @@ def _train_both(p, args) -> None:
     from models.train import train
 
     main_rank = os.environ.get("RANK", "0") == "0"
-    train_set = PlannerSamples(args.cache, "train", p, progress=main_rank)
-    val_set = PlannerSamples(args.cache, "val", p, progress=main_rank)
+    progress = main_rank and show_progress(args)
+    train_set = PlannerSamples(args.cache, "train", p, progress=progress)
+    val_set = PlannerSamples(args.cache, "val", p, progress=progress)
     history_steps = int(train_set.cache.manifest["history_steps"])
 
     f_mean, f_std = feature_statistics(train_set, p.mlp_use_command)
     mlp_train, mlp_val = EgoOnly(train_set), EgoOnly(val_set)
     steps = -(-len(mlp_train) // p.batch_size)
     mlp = train(EgoMLPTask(p, history_steps, f_mean, f_std), mlp_train, mlp_val, mlp_config(p, steps),
-                Path(args.out) / "ego_mlp", args.live_mlp, resume=True)
+                Path(args.out) / "ego_mlp", args.live_mlp, resume=True, progress=progress)
 
     ego_mean, ego_std = train_set.ego_statistics()
     planner = train(PlannerTask(p, ego_mean, ego_std), train_set, val_set, planner_config(p),
-                    Path(args.out) / "planner", args.live, resume=True)
+                    Path(args.out) / "planner", args.live, resume=True, progress=progress)
     if not main_rank:
         return
     for name, s in (("ego_mlp", mlp), ("planner", planner)):

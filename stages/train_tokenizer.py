@@ -1,19 +1,18 @@
 """DVC stage ``train_tokenizer``: train the AMPLIFY motion tokenizer on the ``tracks`` windows.
 
-    python -m stages.train_tokenizer [--params params.yaml] [--tracks data/tracks]
-                                     [--out data/models/tokenizer] [--live reports/train_tokenizer]
+    python -m stages.train_tokenizer [--params params.yaml] [-S tokenizer.KEY=VALUE ...] [--no-progress]
+                                     [--tracks data/tracks] [--out data/models/tokenizer]
+                                     [--live reports/train_tokenizer]
 
 Shared training loop (AdamW, schedule, clipping, safetensors checkpoints last/best/final with resume,
 DDP under ``torchrun``), DVCLive logs in ``--live`` (metrics.json and plots that dvc exp show / dvc plots read).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from models.common.params import load_section
-from stages._cli import guarded
+from stages._cli import guarded, load_params, show_progress, stage_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,20 +20,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
+    ap = stage_parser(__doc__)
     ap.add_argument("--tracks", default="data/tracks")
     ap.add_argument("--out", default="data/models/tokenizer")
     ap.add_argument("--live", default="reports/train_tokenizer")
     args = ap.parse_args(argv)
-    params = load_section("tokenizer", args.params)
+    [params] = load_params(args, "tokenizer")
+    from models.tokenizer.config import TokenizerConfig
+
+    TokenizerConfig.from_params(params)  # rules between architecture keys, before any work
 
     from models.tokenizer.training import TokenizerTask, TrackWindows, train_config
     from models.train import train
 
     train_set, val_set = TrackWindows(args.tracks, "train"), TrackWindows(args.tracks, "val")
     task = TokenizerTask(params, num_tracks=int(train_set.N), track_horizon=int(train_set.T))
-    summary = train(task, train_set, val_set, train_config(params), args.out, args.live, resume=True)
+    summary = train(task, train_set, val_set, train_config(params), args.out, args.live, resume=True,
+                    progress=show_progress(args))
     best = summary.get("best") or {}
     if summary.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
         return

@@ -1,5 +1,6 @@
-"""End to end through DVC on a copy of the repository: repro, no-op repro, and experiments that re-run
-exactly the stages whose params changed. Uses the tiny world so it takes well under a minute."""
+"""End to end through DVC on a copy of the repository: repro, no-op repro, `dvc status` after params that
+re-run one stage or none, headline metrics, plots, and experiments that re-run exactly the stages whose params
+changed. Uses the tiny world so it takes a few minutes."""
 from __future__ import annotations
 
 import json
@@ -32,14 +33,36 @@ def _run(cmd: list[str], cwd: Path) -> str:
     return res.stdout + res.stderr
 
 
-def _back_to_baseline(repo: Path) -> None:
-    """Undo what ``dvc exp run`` leaves in the workspace (it stages its params.yaml, lock and reports)."""
-    _run(["git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock", "reports"], repo)
-    _run(["dvc", "checkout", "-q"], repo)
-
-
 def _ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def _exp(repo: Path, *overrides: str) -> set[str]:
+    """The stages one experiment runs; ``--temp`` starts it from HEAD, as a queued run does."""
+    return _ran(_run(["dvc", "exp", "run", "--temp"] + [a for o in overrides for a in ("-S", o)], repo))
+
+
+def _stale_with(repo: Path, changes: dict) -> set[str]:
+    """The stages ``dvc status`` lists after editing params.yaml (restored afterwards)."""
+    yaml, original = YAML(), (repo / "params.yaml").read_text()
+    params = yaml.load(original)
+    for key, value in changes.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    with open(repo / "params.yaml", "w") as fh:
+        yaml.dump(params, fh)
+    try:
+        return set(json.loads(_run(["dvc", "status", "--json"], repo)))
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+def _leaves(tree, path=""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, f"{path}.{key}" if path else key)
+    else:
+        yield path, tree
 
 
 @pytest.fixture(scope="module")
@@ -85,30 +108,44 @@ def test_repro_then_noop_then_experiments(repo):
     _run(GIT + ["add", "-A"], repo)
     _run(GIT + ["commit", "-qm", "lock"], repo)
 
-    out = _run(["dvc", "exp", "run", "-S", "synth.num_scenes=4"], repo)
-    assert _ran(out) == ALL_STAGES, out
-    _back_to_baseline(repo)
-    out = _run(["dvc", "exp", "run", "-S", "cache.map_points=10"], repo)
-    assert _ran(out) == {"gt_cache"} | PLANNER, out   # the planner reads the cache (its figures draw the map)
-    _back_to_baseline(repo)
-    out = _run(["dvc", "exp", "run", "-S", "planner.use_rope=false"], repo)
-    assert _ran(out) == PLANNER, out
-    _back_to_baseline(repo)
-    out = _run(["dvc", "exp", "run", "-S", "tokenizer.loss=focal"], repo)
-    assert _ran(out) == {"train_tokenizer", "report_tokenizer"}, out
-    _back_to_baseline(repo)
-    out = _run(["dvc", "exp", "run", "-S", "tracks.backend=oracle"], repo)
-    assert _ran(out) == {"tracks", "train_tokenizer", "report_tokenizer"}, out
+    # a report-only key re-runs its report only; keys that change no output re-run nothing
+    assert _stale_with(repo, {"planner.figure_samples": 2}) == {"report_planner"}
+    assert _stale_with(repo, {"synth.workers": 2}) == set()
+    assert _stale_with(repo, {"synth.workers": 2, "cache.workers": 2, "cache.check_files": False,
+                              "tracks.workers": 2, "planner.num_workers": 1, "planner.image_cache_mb": 0}) == set()
 
-    table = _run(["dvc", "exp", "show", "--csv"], repo)
-    header = table.splitlines()[0]
-    assert "synth.num_scenes" in header and "cache.map_points" in header and "tokenizer.loss" in header
-    assert "tracks.backend" in header and any(c.startswith("reports/tracks.json:") for c in header.split(","))
-    assert any("val.loss" in c for c in header.split(",")), header
-    assert "planner.use_rope" in header, header
-    for column in ("rows.planner.uniad.l2_avg", "rows.constant_velocity.stp3.l2_avg", "rows.ego_mlp.uniad.l2_avg"):
-        assert any(c.split(":")[-1] == column for c in header.split(",")), (column, header)   # prefixed if ambiguous
-    assert "reports/synth_world.json:scenes" in header or "scenes" in header, header
+    # headline metrics: numbers only, and every column name unique across the pipeline (no file prefix)
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo))
+    files = next(iter(shown.values()))["data"]
+    names = [name for f in files.values() for name, _ in _leaves(f["data"])]
+    assert len(files) == 5 and len(names) == len(set(names)), files  # one per stage with a headline
+    for path, f in files.items():
+        for name, value in _leaves(f["data"]):
+            assert type(value) in (int, float), (path, name, value)
+    assert "planner.uniad.l2_avg" in names and "model.codes" in names and "zero_motion.norm_acc" in names
+    assert not any("loss" in name for name in names)  # training curves are plots, not headlines
+
+    # plots: one loss chart per learned model (train and val, x = step), the figures as images
+    plots = json.loads(_run(["dvc", "plots", "show", "--json"], repo))["data"]
+    assert {"tokenizer loss", "planner loss", "ego_mlp loss"} <= set(plots), sorted(plots)
+    assert not any("epoch" in name for name in plots), sorted(plots)
+    assert any(name.startswith("reports/planner/figures/") and name.endswith(".png") for name in plots)
+    _run(["dvc", "plots", "show", "-o", str(repo.parent / "plots")], repo)
+    assert (repo.parent / "plots" / "index.html").stat().st_size > 0
+
+    assert _exp(repo, "synth.num_scenes=4") == ALL_STAGES
+    assert _exp(repo, "cache.map_points=10") == {"gt_cache"} | PLANNER   # the planner reads the cache
+    assert _exp(repo, "planner.use_rope=false") == PLANNER
+    assert _exp(repo, "planner.figure_samples=2") == {"report_planner"}
+    assert _exp(repo, "tokenizer.loss=focal") == {"train_tokenizer", "report_tokenizer"}
+    assert _exp(repo, "tracks.backend=oracle") == {"tracks", "train_tokenizer", "report_tokenizer"}
+
+    header = _run(["dvc", "exp", "show", "--csv"], repo).splitlines()[0].split(",")
+    for column in ("synth.num_scenes", "cache.map_points", "tokenizer.loss", "tracks.backend", "planner.use_rope",
+                   "scenes", "train_samples", "tracker.aj", "model.mse", "zero_motion.mse", "model.norm_acc",
+                   "planner.uniad.l2_avg", "constant_velocity.stp3.l2_avg", "ego_mlp.uniad.col_avg"):
+        assert column in header, (column, header)
+    assert not any(":" in c for c in header), header   # no name needed its file as a prefix
 
 
 def test_push_then_pull_into_a_fresh_clone(repo, tmp_path):

@@ -88,8 +88,10 @@ def test_a_cache_with_another_horizon_is_refused(synth_cache):
 
 
 def test_img_size_below_the_patch_is_refused():
+    from models.planner.config import PlannerConfig
+
     with pytest.raises(ParamsError, match=r"planner.img_size = 10.*patch_size = 14"):
-        tiny(img_size=10)
+        PlannerConfig.from_params(tiny(img_size=10))
 
 
 def test_an_undecodable_image_names_the_sample(synth_cache, synth_dataroot, tmp_path):
@@ -168,12 +170,16 @@ def test_train_planner_writes_checkpoints_and_logs(trained):
         assert names == ["best.safetensors", "final.safetensors", "last.safetensors"], model
     for live in ("live", "live_mlp"):
         metrics = json.loads((trained / live / "metrics.json").read_text())
-        assert {"l2_1s", "l2_2s", "l2_3s", "l2_avg", "loss"} <= set(metrics["val"])
-        assert (trained / live / "plots" / "metrics" / "val" / "l2_avg.tsv").is_file()
+        assert set(metrics[live]) == {"loss", "val_loss"}
+        for name in ("l2_1s", "l2_2s", "l2_3s", "l2_avg", "loss"):
+            assert (trained / live / "plots" / "metrics" / "val" / f"{name}.tsv").is_file()
 
 
 def test_report_planner_scores_every_row_under_both_conventions(trained):
-    rep = json.loads((trained / "report" / "metrics.json").read_text())
+    head = json.loads((trained / "report" / "metrics.json").read_text())
+    rep = json.loads((trained / "report" / "details.json").read_text())
+    assert head == {name: {conv: {k: row[conv][k] for k in ("l2_avg", "col_avg")} for conv in row}
+                    for name, row in rep["rows"].items()}
     assert set(rep["rows"]) == {"planner", "ego_mlp", "constant_velocity", "constant_turn_rate"}
     keys = {f"{m}_{k}" for m in ("l2", "col") for k in ("1s", "2s", "3s", "avg")}
     for row in rep["rows"].values():
@@ -189,7 +195,8 @@ def test_report_planner_is_deterministic(trained, synth_cache):
     out = trained / "report_again"
     assert report_planner.main(["--params", str(trained / "params.yaml"), "--cache", str(synth_cache),
                                 "--models", str(trained / "models"), "--out", str(out)]) == 0
-    assert (out / "metrics.json").read_bytes() == (trained / "report" / "metrics.json").read_bytes()
+    for name in ("metrics.json", "details.json"):
+        assert (out / name).read_bytes() == (trained / "report" / name).read_bytes()
     for fig in (trained / "report" / "figures").iterdir():
         assert (out / "figures" / fig.name).read_bytes() == fig.read_bytes()
 
@@ -216,8 +223,8 @@ def test_ddp_two_processes_match_one(trained, synth_cache, tmp_path):
     proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for live in ("live", "live_mlp"):
-        one = json.loads((trained / live / "metrics.json").read_text())["val"]
-        two = json.loads((tmp_path / live / "metrics.json").read_text())["val"]
+        one = json.loads((trained / live / "metrics.json").read_text())[live]
+        two = json.loads((tmp_path / live / "metrics.json").read_text())[live]
         for k, v in one.items():
             assert two[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (live, k)
     from models.train.checkpoint import read_state

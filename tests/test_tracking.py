@@ -402,7 +402,7 @@ def _stage(tmp_path, root, name, **tracks):
                                 "workers": 1, **tracks}}, fh)
     out, metrics = tmp_path / f"{name}_out", tmp_path / f"{name}.json"
     rc = stage.main(["--params", str(params), "--out", str(out), "--metrics", str(metrics)])
-    return rc, out, metrics
+    return rc, out, tmp_path / f"{name}_details.json"  # the headline is checked in test_stage_end_to_end_lk_contract
 
 
 def test_stage_end_to_end_lk_contract(synth_dataroot, tmp_path):
@@ -442,11 +442,14 @@ def test_stage_end_to_end_lk_contract(synth_dataroot, tmp_path):
         assert set(METRIC_KEYS) <= set(m["tapvid"]) and m["windows_kept"] == nw
         assert 0.3 < m["tapvid"]["average_jaccard"] <= 1 and 0.5 < m["tapvid"]["occlusion_accuracy"] <= 1
         assert m["tapvid"]["average_jaccard"] > m["tapvid_static_baseline"]["average_jaccard"]
-    # deterministic and independent of the worker count
+    head = json.loads((tmp_path / "lk.json").read_text())  # headline: val AJ / delta_avg / OA of both
+    assert set(head) == {"tracker", "static"} and set(head["static"]) == {"aj", "delta_avg", "oa"}
+    assert head["tracker"]["aj"] == metrics["val"]["tapvid"]["average_jaccard"]
+    # deterministic and independent of the worker count, which no output records
     rc2, out2, metrics2 = _stage(tmp_path, synth_dataroot, "lk2", workers=2)
     assert rc2 == 0 and metrics2.read_bytes() == metrics_path.read_bytes()
-    for split in ("train", "val"):
-        assert (out2 / f"{split}.safetensors").read_bytes() == (out / f"{split}.safetensors").read_bytes()
+    for name in ("train.safetensors", "val.safetensors", "manifest.json"):
+        assert (out2 / name).read_bytes() == (out / name).read_bytes()
 
 
 def test_stage_oracle_is_perfect_and_errors_exit_cleanly(synth_dataroot, tmp_path, capsys):

@@ -286,7 +286,7 @@ def _build(data, tp, tracker, clips, split_source, truth, out_dir, progress, log
             f"(dropped {dropped})" + (f"; AJ {scores['average_jaccard']}, delta_avg "
                                       f"{scores['average_pts_within_thresh']}" if scores else ""))
 
-    params = dataclasses.asdict(tp)
+    params = {k: v for k, v in dataclasses.asdict(tp).items() if k != "workers"}  # not content: no rerun
     manifest = {
         "params": params,
         "data": {"dataroot": str(data.dataroot), "version": data.version} if tp.source == "nuscenes" else None,

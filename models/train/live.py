@@ -2,12 +2,15 @@
 
 Files, for ``dvc metrics``/``dvc exp show`` and ``dvc plots`` (declared by the stage in our dvc.yaml):
 
-    <live_dir>/metrics.json                   latest value of every metric, nested by "/", + "step"
+    <live_dir>/metrics.json                   the headline only: {<live_dir name>: {"loss": .., "val_loss": ..}}
     <live_dir>/plots/metrics/train/<k>.tsv    "step<TAB>k" rows: mean of each loss component over a window
     <live_dir>/plots/metrics/lr/<group>.tsv   per-group learning rate
     <live_dir>/plots/metrics/val/<k>.tsv      validation metrics, one row per evaluated epoch
 
-``step`` is the number of optimizer updates done. Pitfalls handled here (design/dvc.md §3.5):
+``step`` is the number of optimizer updates done. metrics.json holds the latest train and val loss under the
+run's folder name (``train_planner.val_loss`` in ``dvc exp show``, unique across the pipeline's runs), not
+DVCLive's latest value of everything logged: every other curve is in the TSVs. Pitfalls handled here
+(design/dvc.md §3.5):
 ``dvcyaml=False`` (the default rewrites our dvc.yaml), ``save_dvc_exp=False`` (the default creates an
 experiment ref), no timestamps in the TSVs (deterministic files); we never call ``next_step()`` (it
 signals the VS Code extension and rewrites metrics.json every step).
@@ -20,6 +23,11 @@ from pathlib import Path
 
 from dvclive import Live
 
+from models.common.io import write_json
+
+
+HEADLINE = {"loss": "train/loss", "val_loss": "val/loss"}  # metrics.json key -> logged name
+
 
 class _Live(Live):
     def _init_test(self) -> None:
@@ -28,6 +36,15 @@ class _Live(Live):
         # is for (no repo, no experiment) but write where we were asked to.
         self._save_dvc_exp = False
         self._dvc_file = "dvc.yaml"  # never written: dvcyaml=False
+
+    def make_summary(self) -> None:
+        name = Path(self.dir).name
+        head = dict(self.summary.get(name) or {})  # a resumed run's headline, read back from metrics.json
+        for key, logged in HEADLINE.items():
+            group, leaf = logged.split("/")
+            if leaf in (self.summary.get(group) or {}):
+                head[key] = self.summary[group][leaf]
+        write_json(self.metrics_file, {name: head})
 
 
 def truncate_after(live_dir: str | Path, step: int) -> None:
@@ -47,7 +64,7 @@ def truncate_after(live_dir: str | Path, step: int) -> None:
 
 
 class LiveLog:
-    """Thin wrapper: ``log({"train/loss": 0.3, "lr/q": 1e-4}, step)``, ``set_summary``, ``flush``, ``close``."""
+    """Thin wrapper: ``log({"train/loss": 0.3, "lr/q": 1e-4}, step)``, ``flush``, ``close``."""
 
     def __init__(self, live_dir: str | Path, resume_step: int | None = None):
         if resume_step is not None:
@@ -60,9 +77,6 @@ class LiveLog:
         for name in sorted(values):
             value = values[name]
             self.live.log_metric(name, value if isinstance(value, int) else float(value))
-
-    def set_summary(self, key: str, value) -> None:
-        self.live.summary[key] = value
 
     def flush(self) -> None:
         self.live.make_summary()

@@ -115,6 +115,12 @@ def _evaluate(task: TrainTask, model: torch.nn.Module, val_set: Dataset, cfg: Tr
     return D.weighted_mean(metrics, len(indices), env) if sharded else D.broadcast(metrics, env)
 
 
+def _recorded(cfg: TrainConfig) -> dict:
+    """The config a checkpoint records: all but the loader's worker count, which changes no weight (so the
+    checkpoint's bytes, a DVC output, do not depend on it)."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "num_workers"}
+
+
 def _clear_old(out_dir: Path) -> None:
     for path in [out_dir / f"{n}.safetensors" for n in CHECKPOINT_NAMES] + sorted(out_dir.glob("epoch_*.safetensors")):
         path.unlink(missing_ok=True)
@@ -273,7 +279,7 @@ def _train(task, train_set, val_set, cfg: TrainConfig, out_dir: Path, live_dir: 
                 if improved:
                     best, best_epoch = val[task.monitor], epoch + 1
             state = {"epoch": epoch + 1, "global_step": step, "steps_per_epoch": steps_per_epoch,
-                     "world_size": env.world_size, "config": cfg.to_dict(), "metrics": val,
+                     "world_size": env.world_size, "config": _recorded(cfg), "metrics": val,
                      "best": {"metric": task.monitor, "mode": task.mode, "value": best, "epoch": best_epoch},
                      "scheduler": dict(schedule.state_dict(), step=step),
                      "scaler": scaler.state_dict() if scaler is not None else {}}
@@ -286,10 +292,8 @@ def _train(task, train_set, val_set, cfg: TrainConfig, out_dir: Path, live_dir: 
                     copy_checkpoint(last, out_dir / f"epoch_{epoch + 1:04d}.safetensors")
                 if is_last:
                     copy_checkpoint(last, out_dir / "final.safetensors")
-                live.log({"epoch": epoch + 1, **({f"val/{k}": v for k, v in val.items()} if evaluated else {})},
-                         step)
-                if best is not None:
-                    live.set_summary("best", {task.monitor: best, "epoch": best_epoch})
+                if evaluated:
+                    live.log({f"val/{k}": v for k, v in val.items()}, step)
                 live.flush()
             last_good, good_epoch = last, epoch + 1
         final = out_dir / "final.safetensors"
