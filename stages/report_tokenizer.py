@@ -78,7 +78,7 @@ def _main(argv: list[str] | None) -> None:
     write_json(Path(args.out) / "details.json", summary)
     write_json(Path(args.out) / "metrics.json", {
         "model": {**{k: rows["model"][v] for k, v in HEADLINE.items()}, "codes": rep["codebook"]["unique_codes"]},
-        "zero_motion": {k: rows["zero_motion"][v] for k, v in HEADLINE.items()}})
+        "zero": {k: rows["zero_motion"][v] for k, v in HEADLINE.items()}})  # the zero-motion reference
     m, z = rows["model"], rows["zero_motion"]
     print(f"report_tokenizer: {rep['windows']} val windows; mse {m['mse']:.5f} (zero motion {z['mse']:.5f}), "
           f"delta_auc {m['delta_auc']:.3f} ({z['delta_auc']:.3f}); codebook {rep['codebook']['unique_codes']} "

@@ -122,7 +122,7 @@ def test_repro_then_noop_then_experiments(repo):
     for path, f in files.items():
         for name, value in _leaves(f["data"]):
             assert type(value) in (int, float), (path, name, value)
-    assert "planner.uniad.l2_avg" in names and "model.codes" in names and "zero_motion.norm_acc" in names
+    assert "planner.uniad.l2_avg" in names and "model.codes" in names and "zero.norm_acc" in names
     assert not any("loss" in name for name in names)  # training curves are plots, not headlines
 
     # plots: one loss chart per learned model (train and val, x = step), the figures as images
@@ -142,7 +142,7 @@ def test_repro_then_noop_then_experiments(repo):
 
     header = _run(["dvc", "exp", "show", "--csv"], repo).splitlines()[0].split(",")
     for column in ("synth.num_scenes", "cache.map_points", "tokenizer.loss", "tracks.backend", "planner.use_rope",
-                   "scenes", "train_samples", "tracker.aj", "model.mse", "zero_motion.mse", "model.norm_acc",
+                   "scenes", "train_samples", "tracker.aj", "model.mse", "zero.mse", "model.norm_acc",
                    "planner.uniad.l2_avg", "constant_velocity.stp3.l2_avg", "ego_mlp.uniad.col_avg"):
         assert column in header, (column, header)
     assert not any(":" in c for c in header), header   # no name needed its file as a prefix
