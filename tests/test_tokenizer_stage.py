@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,19 @@ def test_ddp_two_processes_match_one(trained, tmp_path):
     b = load_file(str(tmp_path / "model" / "final.safetensors"))
     weights = [k for k in a if k.startswith("model.")]  # the weights, not the optimizer state
     assert weights and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in weights)
+
+
+def test_an_empty_split_is_refused_with_a_message(trained, tmp_path, capsys):
+    """Every consumer of data/tracks refuses an empty split by name (not a reshape error deep inside)."""
+    from safetensors.numpy import load_file, save_file
+
+    from stages import train_tokenizer
+
+    tracks = tmp_path / "tracks"
+    shutil.copytree(trained / "tracks", tracks)
+    arrays = load_file(str(tracks / "val.safetensors"))
+    save_file({k: v[:0] for k, v in arrays.items()}, str(tracks / "val.safetensors"))
+    rc = train_tokenizer.main(["--params", str(trained / "params.yaml"), "--tracks", str(tracks), "--out",
+                               str(tmp_path / "model"), "--live", str(tmp_path / "live"), "--no-progress"])
+    assert rc == 1 and "val.safetensors: the 'val' split has no windows" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()

@@ -323,14 +323,15 @@ def test_frame_folders_count_bad_input(tmp_path, monkeypatch):
     (clips / "d_empty" / "notes.txt").write_text("no images here")
     tp = tracks_params(source="frames", video_dir=str(clips), frames_fps=10.0, target_fps=10.0, window=8,
                        window_stride=4, image_size=[48, 64], grid_size=6, val_fraction=0.0)
-    data = parse_section("data", {"splits": ["train", "val"]})
+    data = parse_section("data", {"splits": ["train"]})
     man, metrics = P.build_tracks(data, tp, tmp_path / "out", progress=False, log=lambda *_: None)
     tr = man["splits"]["train"]
     assert tr["sources"] == ["a_moving", "b_static", "c_short", "d_empty"]
     assert tr["dropped"] == {"nan": 0, "short": 1, "empty_static": 2, "no_frames": 1}
     assert tr["dropped_clips"] == {"short": ["c_short"], "no_frames": ["d_empty"]}
     assert tr["windows_kept"] == 4 and tr["windows_total"] == 4 + 4         # a: 4 windows; b: 2 static
-    assert man["splits"]["val"]["windows_total"] == 0 and "tapvid" not in metrics["train"]
+    assert "val" not in man["splits"] and "tapvid" not in metrics["train"]
+    assert tr["per_clip"]["c_short"]["native_frames"] == 5 and "tracks.window <= 5" in tr["per_clip"]["c_short"]["short"]
 
     class NaNTracker(LKTracker):           # a tracker that returns a non-finite position in its second window
         def track(self, state, start, T, q):
@@ -476,7 +477,7 @@ def test_dataclass_replace_keeps_validation():
 def test_nuscenes_source_without_truth(tiny_dataroot, tmp_path):
     """A dataroot without exact truth (the hand-written one: CAM_FRONT key frames only, jittered timestamps):
     frames in time order through the devkit, windows counted, no TAP-Vid scores; flat images give only static
-    points, so every window is dropped as empty_static and none is trained on."""
+    points, so every window is dropped as empty_static: the stage refuses to write empty splits."""
     from nuscenes.nuscenes import NuScenes
 
     from models.tracking import pipeline as P
@@ -495,11 +496,111 @@ def test_nuscenes_source_without_truth(tiny_dataroot, tmp_path):
             tok = sample["next"]
         assert [f[2] for f in clip.frames] == expect
     tp = tracks_params(target_fps=2.0, window=4, window_stride=2, image_size=[8, 16], grid_size=4)
-    man, metrics = P.build_tracks(data_params(tiny_dataroot), tp, tmp_path / "out", progress=False,
-                                  log=lambda *_: None)
-    for split in ("train", "val"):
-        info = man["splits"][split]
-        assert info["windows_total"] == 3 and info["dropped"]["empty_static"] == 3 and info["windows_kept"] == 0
-        assert "tapvid" not in metrics[split] and metrics["truth"] is None
-    from safetensors.numpy import load_file
-    assert load_file(str(tmp_path / "out" / "train.safetensors"))["tracks"].shape == (0, 4, 16, 2)
+    with pytest.raises(TrackingInputError, match=r"split 'train' has no windows; its clips: scene-a: 3 window\(s\), "
+                                                 r"dropped as \['empty_static'\]"):
+        P.build_tracks(data_params(tiny_dataroot), tp, tmp_path / "out", progress=False, log=lambda *_: None)
+    assert not list((tmp_path / "out").glob("*.safetensors"))          # nothing written: never an empty split
+
+
+# ------------------------------------------------------------------------- own clips: no silent empties
+def _four_clips(root: Path, frames: int = 24) -> Path:
+    moving = _translating(T=frames, H=48, W=64)
+    for k in range(4):
+        _write_frames(root / f"clip{k}", np.roll(moving, 3 * k, axis=2))
+    return root
+
+
+def _own(tmp_path, **kw):
+    base = dict(source="frames", video_dir=str(tmp_path / "clips"), frames_fps=30.0, target_fps=30.0, window=8,
+                window_stride=4, image_size=[48, 64], grid_size=6)
+    return tracks_params(**{**base, **kw})
+
+
+def test_val_is_never_empty_with_two_or_more_clips(tmp_path):
+    from models.tracking import pipeline as P
+    from models.tracking.sources import assign_splits, hash_split
+
+    names = [f"clip{k}" for k in range(4)]
+    assert all(hash_split(n, 0.1) == "train" for n in names)            # the hash alone leaves val empty
+    split = assign_splits(names, 0.1)
+    assert list(split.values()).count("val") == 1
+    assert assign_splits(names, 0.1, splits=("train",)) == {n: "train" for n in names}
+    assert assign_splits(names, 0.1, val_clips=["clip2"]) == {**{n: "train" for n in names}, "clip2": "val"}
+    with pytest.raises(TrackingInputError, match=r"tracks.val_clips names \['clip9'\]"):
+        assign_splits(names, 0.1, val_clips=["clip9"])
+    _four_clips(tmp_path / "clips")
+    man, _ = P.build_tracks(parse_section("data", {"splits": ["train", "val"]}), _own(tmp_path), tmp_path / "out",
+                            progress=False, log=lambda *_: None)
+    assert man["splits"]["val"]["windows_kept"] > 0 and man["splits"]["train"]["clips"] == 3
+    man, _ = P.build_tracks(parse_section("data", {"splits": ["train", "val"]}), _own(tmp_path, val_clips=["clip3"]),
+                            tmp_path / "out2", progress=False, log=lambda *_: None)
+    assert man["splits"]["val"]["sources"] == ["clip3"] and "tracks.val_clips" in man["split_source"]
+
+
+def test_a_clip_too_short_at_the_target_rate_says_what_would_keep_it(tmp_path, capsys):
+    """30 fps clips of 24 frames resampled to 12 fps give 10 frames < window 16: the stage fails (exit 1, nothing
+    written) naming the split, each clip's native frames and rate, and the settings that would keep it."""
+    from stages import tracks as stage
+
+    _four_clips(tmp_path / "clips")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  splits: [train, val]\ntracks:\n  source: frames\n  video_dir: {tmp_path / 'clips'}\n"
+                      "  frames_fps: 30.0\n  target_fps: 12.0\n  window: 16\n  image_size: [48, 64]\n"
+                      "  grid_size: 6\n  workers: 1\n")
+    out = tmp_path / "tracks"
+    out.mkdir()
+    (out / "previous.txt").write_text("kept")
+    rc = stage.main(["--params", str(params), "--out", str(out), "--metrics", "", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and (out / "previous.txt").read_text() == "kept"
+    assert "split 'train' has no windows" in err
+    assert ("clip0: 24 frames at 30 fps (0.77 s) give 10 frames at tracks.target_fps = 12, fewer than "
+            "tracks.window = 16: tracks.target_fps >= 19.6 or tracks.window <= 10 would keep it") in err
+    rc = stage.main(["--params", str(params), "--out", str(out), "--metrics", "", "--no-progress",
+                     "-S", "tracks.target_fps=20.0"])
+    assert rc == 0 and json.loads((out / "manifest.json").read_text())["splits"]["val"]["windows_kept"] > 0
+
+
+def test_upsampling_is_refused_unless_asked_for(tmp_path):
+    from models.tracking import pipeline as P
+
+    _four_clips(tmp_path / "clips", frames=12)
+    data = parse_section("data", {"splits": ["train", "val"]})
+    with pytest.raises(TrackingInputError, match=r"clip\d: native rate 10 fps is below tracks.target_fps = 12: "
+                                                 r"resampling would repeat \d+ of \d+ frames"):
+        P.build_tracks(data, _own(tmp_path, frames_fps=10.0, target_fps=12.0), tmp_path / "out", progress=False,
+                       log=lambda *_: None)
+    man, _ = P.build_tracks(data, _own(tmp_path, frames_fps=10.0, target_fps=12.0, allow_upsampling=True),
+                            tmp_path / "out2", progress=False, log=lambda *_: None)
+    rate = man["splits"]["train"]["per_clip"]["clip0"]
+    assert rate["native_frames"] == 12 and rate["frames"] == 14 and rate["repeated"] == 2 and rate["unused"] == 0
+    man, _ = P.build_tracks(data, _own(tmp_path, frames_fps=30.0, target_fps=12.0, window=4), tmp_path / "out3",
+                            progress=False, log=lambda *_: None)
+    rate = man["splits"]["train"]["per_clip"]["clip0"]
+    assert rate["frames"] == 5 and rate["unused"] == 7 and rate["repeated"] == 0   # downsampling, said out loud
+
+
+# ------------------------------------------------------------------------------- fitting frames (resize)
+@pytest.mark.parametrize("mode", ["stretch", "pad", "crop"])
+def test_resize_modes_map_points_where_the_pixels_go(mode):
+    """A 4:3 frame with one bright block: its centre lands where to_resized says, in every mode; pad keeps the
+    aspect with bars, crop cuts the sides; to_source inverts to_resized."""
+    from models.tracking.resize import fit, resize_frame, to_resized, to_source
+
+    src = np.zeros((120, 160, 3), np.uint8)
+    src[40:50, 100:110] = 255                                       # block centre (104.5, 44.5) in the source
+    out = resize_frame(src, (64, 64), mode)
+    assert out.shape == (64, 64, 3)
+    ys, xs = np.nonzero(out[..., 0] > 60)
+    weights = out[ys, xs, 0].astype(float)
+    centre = np.array([np.average(xs, weights=weights), np.average(ys, weights=weights)])
+    np.testing.assert_allclose(centre, to_resized([[104.5, 44.5]], (160, 120), (64, 64), mode)[0], atol=0.3)
+    xy = np.array([[0.0, 0.0], [63.0, 31.5], [10.2, 50.7]])
+    np.testing.assert_allclose(to_resized(to_source(xy, (160, 120), (64, 64), mode), (160, 120), (64, 64), mode), xy)
+    f = fit((160, 120), (64, 64), mode)
+    if mode == "pad":                                               # 64 x 48 image with 8-row bars above and below
+        assert f.scaled_wh == (64, 48) and f.offset == (0, 8) and out[:8].max() == 0 and out[-8:].max() == 0
+    elif mode == "crop":                                            # 85 x 64 scaled, 11 of 21 columns cut on the left
+        assert f.scaled_wh == (85, 64) and f.offset == (-11, 0)
+    else:
+        assert f.scale == (0.4, 64 / 120)

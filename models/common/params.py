@@ -143,6 +143,9 @@ class TracksParams:
     window_stride: int = _f(4, "frames between window starts (the query grid is re-seeded in every window)", min=1)
     image_size: list = _f([128, 128], "[H, W] the frames are resized to before tracking (AMPLIFY 128 x 128)",
                           length=2, item_min=8)
+    resize: str = _f("stretch", "fitting a frame into image_size: stretch (each axis on its own, AMPLIFY; a 4:3 frame "
+                     "is squashed), pad (aspect kept, black bars) or crop (aspect kept, centre cut)",
+                     choices=("stretch", "pad", "crop"))
     grid_size: int = _f(20, "query points per side (N = grid_size^2, AMPLIFY 20 x 20 at +-0.95)", min=1)
     static_threshold: float = _f(0.004, "a point is static when its largest per-frame speed in the window is below "
                                  "this, normalised units per frame (2 / H = one pixel of a row)", min=0.0)
@@ -150,8 +153,12 @@ class TracksParams:
     lk_levels: int = _f(3, "Lucas-Kanade pyramid levels above the base image", min=0, max=8)
     lk_fb_threshold: float = _f(1.0, "forward-backward error (pixels of the resized frames) above which a point is "
                                 "lost (frozen and marked invisible)", gt=0.0)
-    val_fraction: float = _f(0.1, "share of clips in val for folder sources (by a hash of the clip name)",
-                             min=0.0, max=1.0)
+    val_fraction: float = _f(0.1, "share of clips in val for folder sources (by a hash of the clip name); with two "
+                             "or more clips neither split is left empty", min=0.0, max=1.0)
+    val_clips: list | None = _f(None, "folder sources: names of the clips that form val (the others train), "
+                                "instead of the hash split; null = hash split")
+    allow_upsampling: bool = _f(False, "accept a target_fps above a clip's native rate (which repeats frames, "
+                                "inventing still motion); refused by default")
     workers: int = _f(2, "worker processes (one clip at a time each)", min=1)
 
     def validate(self) -> None:
@@ -166,6 +173,13 @@ class TracksParams:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):
                 fail(key, "must be a non-empty path string or null")
+        if self.val_clips is not None and (
+                not isinstance(self.val_clips, list) or not self.val_clips
+                or any(not isinstance(n, str) or not n for n in self.val_clips)
+                or len(set(self.val_clips)) != len(self.val_clips)):
+            fail("val_clips", "must be null or a non-empty list of distinct clip names (file or folder names)")
+        if self.val_clips is not None and self.source == "nuscenes":
+            fail("val_clips", "is for folder sources; the nuscenes source uses the dataroot's official splits")
         if self.source in ("videos", "frames") and self.video_dir is None:
             fail("video_dir", f"source '{self.source}' needs a folder of clips (set tracks.video_dir)")
         if self.backend == "oracle" and self.source != "nuscenes":

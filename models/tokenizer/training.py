@@ -31,6 +31,9 @@ class TrackWindows:
             raise FileNotFoundError(f"{self.path}: no '{split}' windows (run `python -m stages.tracks`)")
         self.manifest = json.loads((Path(tracks_dir) / "manifest.json").read_text())
         arrays = load_file(str(self.path))
+        if len(arrays["tracks"]) == 0:
+            raise ValueError(f"{self.path}: the '{split}' split has no windows; rebuild it with the tracks stage "
+                             "(which names the clips and what would keep them) or choose other clips")
         self.arrays = {k: arrays[k] for k in TRACK_ARRAYS}
         self.window_time_us = arrays["window_time_us"]  # (Nw,) first-frame timestamps, for figures
         bad = np.flatnonzero(~np.isfinite(self.arrays["tracks"]).reshape(len(self.arrays["tracks"]), -1).all(1))

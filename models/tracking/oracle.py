@@ -143,13 +143,4 @@ class Oracle:
         return out
 
 
-def to_resized(uv: np.ndarray, source_wh: tuple[int, int], size_hw: tuple[int, int]) -> np.ndarray:
-    """(x, y) pixels of the source image -> the resized image (pixel centres, as cv2.resize maps them)."""
-    scale = np.array([size_hw[1] / source_wh[0], size_hw[0] / source_wh[1]])
-    return (np.asarray(uv, np.float64) + 0.5) * scale - 0.5
-
-
-def to_source(xy: np.ndarray, source_wh: tuple[int, int], size_hw: tuple[int, int]) -> np.ndarray:
-    """Inverse of :func:`to_resized`."""
-    scale = np.array([size_hw[1] / source_wh[0], size_hw[0] / source_wh[1]])
-    return (np.asarray(xy, np.float64) + 0.5) / scale - 0.5
+from .resize import to_resized, to_source  # noqa: E402,F401  (where the oracle's callers import them from)

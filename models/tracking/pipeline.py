@@ -39,6 +39,7 @@ ARRAYS = {  # name: (shape, dtype, meaning)
                                          "nuscenes, microseconds from the clip's first frame for videos/frames"),
 }
 _CTX: dict = {}  # set in the parent before forking: tracker, params, truth
+UPSAMPLING_TOLERANCE = 1.05  # target_fps up to 5 % above a clip's native rate is not upsampling
 
 
 # --------------------------------------------------------------------------------------------- clips
@@ -53,8 +54,12 @@ def list_clips(data, tp) -> tuple[dict[str, list[Clip]], str, dict | None]:
                                      f"'oracle' needs the synthetic world's exact truth (data.version "
                                      f"{data.version!r} has none)")
         return clips, split_source, truth
-    clips = folder_clips(tp.video_dir, tp.source, tp.val_fraction, splits)
-    return clips, f"sha256(clip name) / 2^64 < tracks.val_fraction = {tp.val_fraction} -> val, else train", None
+    clips = folder_clips(tp.video_dir, tp.source, tp.val_fraction, splits, tp.val_clips)
+    if tp.val_clips is not None:
+        return clips, f"tracks.val_clips = {list(tp.val_clips)} -> val, the other clips train", None
+    return clips, (f"sha256(clip name) / 2^64 < tracks.val_fraction = {tp.val_fraction} -> val, else train; with "
+                   f"two or more clips, an empty split takes the clip with the smallest (val) or largest (train) "
+                   f"hash"), None
 
 
 def _truth_index(data) -> dict | None:
@@ -78,9 +83,10 @@ def process_clip(clip: Clip) -> dict:
     T = tp.window
     res = {"name": clip.name, "dropped": {r: 0 for r in C.DROP_REASONS}, "windows": 0, "frames": 0,
            "source_fps": None, "source_size": None, "oracle": {"sky_points": 0, "held_positions": 0}}
-    frames = load_frames(clip, tp.target_fps, (H, W), tp.frames_fps)
+    frames = load_frames(clip, tp.target_fps, (H, W), tp.frames_fps, tp.resize)
     n = len(frames.rgb)
     res.update(frames=n, source_fps=frames.source_fps, source_size=frames.source_size)
+    res["rate"] = rate_report(clip.name, frames, tp)
     if n == 0:
         res["dropped"]["no_frames"], res["windows"] = 1, 1
         return res
@@ -105,7 +111,7 @@ def process_clip(clip: Clip) -> dict:
         sweep_of = np.array([index[tok] for tok in frames.tokens], np.int64)
         oracle = Oracle(load_scene_truth(Path(truth["root"]) / rec["file"], clip.calibration["K"],
                                          clip.calibration["sensor2ego"], truth["width"], truth["height"]))
-        query_src = to_source(queries, frames.source_size, (H, W))
+        query_src = to_source(queries, frames.source_size, (H, W), tp.resize)
 
     if tracker is None and oracle is None:
         raise TrackingInputError(f"{clip.name}: tracks.backend = 'oracle' but the scene has no exact truth in "
@@ -120,7 +126,7 @@ def process_clip(clip: Clip) -> dict:
     for w, s in enumerate(starts):
         if oracle is not None:
             uv, vis, counts = oracle.track(sweep_of[s:s + T], query_src)
-            gt_xy[w], gt_vis[w] = to_resized(uv, frames.source_size, (H, W)), vis
+            gt_xy[w], gt_vis[w] = to_resized(uv, frames.source_size, (H, W), tp.resize), vis
             for k in counts:
                 res["oracle"][k] += counts[k]
         if tracker is None:
@@ -146,6 +152,51 @@ def process_clip(clip: Clip) -> dict:
         static_pred = np.broadcast_to(queries[None, None], gt_xy[scored].shape)
         res["baseline"] = score_windows(static_pred, np.ones_like(gt_vis[scored]), gt_xy[scored], gt_vis[scored], H, W)
     return res
+
+
+def rate_report(name: str, frames, tp) -> dict:
+    """What resampling did to one clip: native frames and rate, frames used at target_fps, source frames repeated
+    (upsampling) or never used (downsampling), and for a clip too short for one window the rate that would give
+    one. Upsampling beyond 5 % of the native rate is refused unless ``tracks.allow_upsampling`` (the mean rate of a
+    timestamped stream jitters around its nominal value)."""
+    idx = frames.source_index
+    used = len(np.unique(idx))
+    native = frames.source_fps
+    out = {"native_frames": int(frames.source_frames), "native_fps": native, "fps": tp.target_fps,
+           "frames": int(len(idx)), "repeated": int(len(idx) - used), "unused": int(frames.source_frames - used)}
+    if native and tp.target_fps > native * UPSAMPLING_TOLERANCE and not tp.allow_upsampling:
+        raise TrackingInputError(
+            f"{name}: native rate {native:g} fps is below tracks.target_fps = {tp.target_fps:g}: resampling would "
+            f"repeat {out['repeated']} of {len(idx)} frames (points that stand still for a frame); set "
+            f"tracks.target_fps <= {native:g}, or tracks.allow_upsampling: true to accept the repeats")
+    if len(idx) < tp.window and frames.source_frames > 1 and native:
+        duration = (frames.source_frames - 1) / native
+        need = (tp.window - 1) / duration
+        out["fps_for_one_window"] = round(need, 3)
+        out["short"] = (f"{frames.source_frames} frames at {native:g} fps ({duration:.2f} s) give {len(idx)} frames "
+                        f"at tracks.target_fps = {tp.target_fps:g}, fewer than tracks.window = {tp.window}: "
+                        + (f"tracks.target_fps >= {need:.3g} or " if need <= native * UPSAMPLING_TOLERANCE or tp.allow_upsampling
+                           else "")
+                        + f"tracks.window <= {max(len(idx), 2)} would keep it")
+    return out
+
+
+def check_no_empty_split(by_split: dict[str, list[dict]], clips: dict, tp) -> None:
+    """A split that ends with no window is an error naming the split, its clips, why each gave nothing, and what
+    to change (never an empty file and exit 0)."""
+    for split, results in by_split.items():
+        if any(len((res.get("arrays") or {}).get("tracks", ())) for res in results):
+            continue
+        where = f"tracks.video_dir = {tp.video_dir}" if tp.source != "nuscenes" else "the dataroot"
+        if not results:
+            fix = ("name one in tracks.val_clips, or add clips" if split == "val" else "add clips")
+            raise TrackingInputError(f"tracks: split '{split}' has no clips in {where}; {fix}")
+        reasons = []
+        for res in results:
+            dropped = [r for r, k in res["dropped"].items() if k]
+            reasons.append(f"{res['name']}: " + (res["rate"].get("short") or
+                                                  f"{res['windows']} window(s), dropped as {dropped}"))
+        raise TrackingInputError(f"tracks: split '{split}' has no windows; its clips: " + "; ".join(reasons))
 
 
 def score_windows(pred_xy, pred_vis, gt_xy, gt_vis, H: int, W: int) -> dict:
@@ -255,8 +306,17 @@ def _build(data, tp, tracker, clips, split_source, truth, out_dir, progress, log
     manifest_splits, metrics = {}, {}
     everything = [c for split_clips in clips.values() for c in split_clips]      # one pool: balanced workers
     all_results = iter(run_split(everything, tp.workers, progress, desc="tracks"))
-    for split, split_clips in clips.items():
-        results = [next(all_results) for _ in split_clips]
+    by_split = {split: [next(all_results) for _ in split_clips] for split, split_clips in clips.items()}
+    for split, results in by_split.items():
+        for res in results:
+            if "short" in res["rate"]:
+                log(f"tracks {split}: clip {res['name']} dropped: {res['rate']['short']}")
+            elif res["rate"]["repeated"] or res["rate"]["unused"]:
+                r = res["rate"]
+                log(f"tracks {split}: clip {res['name']}: {r['native_frames']} frames at {r['native_fps']} fps -> "
+                    f"{r['frames']} at {r['fps']:g} fps ({r['unused']} source frames unused, {r['repeated']} repeated)")
+    check_no_empty_split(by_split, clips, tp)                # before anything is written
+    for split, results in by_split.items():
         arrays = _assemble(results, T, N)
         save_file(arrays, str(out_dir / f"{split}.safetensors"))
         dropped = {r: sum(res["dropped"][r] for res in results) for r in C.DROP_REASONS}
@@ -271,6 +331,8 @@ def _build(data, tp, tracker, clips, split_source, truth, out_dir, progress, log
             "dropped_clips": {r: [res["name"] for res in results if res["dropped"][r] and r in ("short", "no_frames")]
                               for r in ("short", "no_frames")},
             "source_fps": sorted({res["source_fps"] for res in results if res["source_fps"]}),
+            "per_clip": {res["name"]: {**res["rate"], "windows_kept": len((res.get("arrays") or {}).get("tracks", ()))}
+                      for res in results},
             "source_sizes": sorted({tuple(res["source_size"]) for res in results if res["source_size"]}),
             "arrays": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
         }
@@ -304,7 +366,8 @@ def _build(data, tp, tracker, clips, split_source, truth, out_dir, progress, log
                       "the image); cotracker: predictor visibility (sigmoid > 0.9); oracle: exact (depth test)",
         "oracle_rules": SKY_RULE if truth is not None else None,
         "windows": f"windows of T = {T} frames every {tp.window_stride} frames at {tp.target_fps} fps "
-                   f"(nearest-timestamp resampling), frames resized to {H}x{W} (cv2.INTER_AREA, RGB)",
+                   f"(nearest-timestamp resampling), frames resized to {H}x{W} by tracks.resize = {tp.resize} "
+                   f"(cv2.INTER_AREA, RGB; models/tracking/resize.py)",
         "drop_reasons": {"nan": "a non-finite tracked position in the window",
                          "short": "a clip with fewer than T frames (one per clip)",
                          "empty_static": "every point of the window is static",

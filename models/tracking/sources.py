@@ -1,9 +1,9 @@
 """Clips to track: each scene's CAM_FRONT stream of a nuScenes dataroot, video files, or image-sequence folders.
 
 A clip is resampled to ``target_fps`` by nearest timestamp (targets ``t0 + k / fps`` from the first frame to the
-last; a target exactly half-way between two frames takes the earlier one), resized to ``image_size`` (cv2
-``INTER_AREA``, RGB) and cut into windows of T frames every ``window_stride`` frames
-(``starts = range(0, n - T + 1, stride)``; a clip with 0 < n < T frames is one ``short`` window, a clip with no
+last; a target exactly half-way between two frames takes the earlier one), fitted into ``image_size`` by
+``tracks.resize`` (:mod:`models.tracking.resize`; cv2 ``INTER_AREA``, RGB) and cut into windows of T frames every
+``window_stride`` frames (``starts = range(0, n - T + 1, stride)``; a clip with 0 < n < T frames is one ``short`` window, a clip with no
 readable frame one ``no_frames`` window).
 """
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
+
+from .resize import resize_frame
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -48,7 +50,8 @@ class Frames:
     time_us: np.ndarray
     tokens: list
     source_size: tuple[int, int] | None   # (W, H) of the source frames
-    source_fps: float | None
+    source_fps: float | None              # native rate: the container's, frames_fps, or from the timestamps
+    source_frames: int = 0                # frames in the source clip (read or listed)
 
 
 # ------------------------------------------------------------------------------------------ resampling
@@ -89,10 +92,35 @@ def window_starts(n_frames: int, window: int, stride: int) -> list[int]:
     return list(range(0, n_frames - window + 1, stride))
 
 
+def _hash_unit(name: str) -> float:
+    return int(hashlib.sha256(name.encode("utf-8")).hexdigest()[:16], 16) / 2.0 ** 64
+
+
 def hash_split(name: str, val_fraction: float) -> str:
     """Deterministic split of a folder clip: val iff sha256(name) as a fraction of 2^64 < val_fraction."""
-    u = int(hashlib.sha256(name.encode("utf-8")).hexdigest()[:16], 16) / 2.0 ** 64
-    return "val" if u < val_fraction else "train"
+    return "val" if _hash_unit(name) < val_fraction else "train"
+
+
+def assign_splits(names: list[str], val_fraction: float, val_clips: list[str] | None = None,
+                  splits: tuple[str, ...] = ("train", "val")) -> dict[str, str]:
+    """Clip name -> "train" / "val". ``val_clips`` (names) overrides the hash split. Otherwise
+    :func:`hash_split`, and when both splits are wanted and there are two or more clips, neither is left empty:
+    the clip with the smallest hash moves to an empty val, the one with the largest to an empty train
+    (deterministic, stated in the manifest)."""
+    if val_clips is not None:
+        unknown = sorted(set(val_clips) - set(names))
+        if unknown:
+            raise TrackingInputError(f"tracks.val_clips names {unknown}, which are not clips of the folder "
+                                     f"(clips: {names[:12]}{' ...' if len(names) > 12 else ''})")
+        return {n: "val" if n in val_clips else "train" for n in names}
+    out = {n: hash_split(n, val_fraction) for n in names}
+    if len(names) >= 2 and {"train", "val"} <= set(splits):
+        by_hash = sorted(names, key=_hash_unit)
+        if "val" not in out.values():
+            out[by_hash[0]] = "val"
+        if "train" not in out.values():
+            out[by_hash[-1]] = "train"
+    return out
 
 
 def _natural_key(name: str):
@@ -100,8 +128,10 @@ def _natural_key(name: str):
 
 
 # --------------------------------------------------------------------------------------- clip listing
-def folder_clips(video_dir: str | Path, kind: str, val_fraction: float, splits: list[str]) -> dict[str, list[Clip]]:
-    """Clips of a folder source (kind ``videos``: video files; ``frames``: sub-folders of images), by split."""
+def folder_clips(video_dir: str | Path, kind: str, val_fraction: float, splits: list[str],
+                 val_clips: list[str] | None = None) -> dict[str, list[Clip]]:
+    """Clips of a folder source (kind ``videos``: video files; ``frames``: sub-folders of images), by split
+    (:func:`assign_splits`)."""
     root = Path(video_dir)
     if not root.is_dir():
         raise TrackingInputError(f"{root}: video folder not found (tracks.video_dir)")
@@ -115,8 +145,9 @@ def folder_clips(video_dir: str | Path, kind: str, val_fraction: float, splits: 
     if not items:
         raise TrackingInputError(f"{root}: no {what} found (tracks.source = {kind})")
     out: dict[str, list[Clip]] = {s: [] for s in splits}
+    assigned = assign_splits([p.name for p in items], val_fraction, val_clips, tuple(splits))
     for p in items:
-        split = hash_split(p.name, val_fraction)
+        split = assigned[p.name]
         if split in out:
             out[split].append(Clip(name=p.name, split=split, kind="video" if kind == "videos" else "frames",
                                    path=str(p)))
@@ -207,13 +238,6 @@ def _transform(translation, rotation_wxyz) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- reading
-def _resize(bgr: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    H, W = size_hw
-    if bgr.shape[:2] != (H, W):
-        bgr = cv2.resize(bgr, (W, H), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def _read_image(path: str) -> np.ndarray:
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
@@ -221,11 +245,13 @@ def _read_image(path: str) -> np.ndarray:
     return img
 
 
-def load_frames(clip: Clip, fps: float, size_hw: tuple[int, int], frames_fps: float) -> Frames:
-    """Read, resample and resize a clip. A clip without any readable frame gives 0 frames (not an error);
+def load_frames(clip: Clip, fps: float, size_hw: tuple[int, int], frames_fps: float,
+                resize: str = "stretch") -> Frames:
+    """Read, resample and resize a clip (``resize``: a :mod:`models.tracking.resize` mode). A clip without any
+    readable frame gives 0 frames (not an error);
     an unreadable image inside a nuscenes stream or an image folder is an error naming the file."""
     if clip.kind == "video":
-        return _load_video(clip.path, fps, size_hw, frames_fps)
+        return _load_video(clip.path, fps, size_hw, frames_fps, resize)
     if clip.kind == "nuscenes":
         times = [f[0] for f in clip.frames]
         paths = [f[1] for f in clip.frames]
@@ -249,15 +275,20 @@ def load_frames(clip: Clip, fps: float, size_hw: tuple[int, int], frames_fps: fl
             if (img.shape[1], img.shape[0]) != source_size:
                 raise TrackingInputError(f"{paths[i]}: frame size {img.shape[1]}x{img.shape[0]} differs from the "
                                          f"clip's first frame ({source_size[0]}x{source_size[1]})")
-            cache[i] = _resize(img, size_hw)
+            cache[i] = resize_frame(img, size_hw, resize)
         rgb[k] = cache[i]
     t0 = times[0] if times else 0
     time_us = np.array([int(round(times[i] - (t0 if clip.kind != "nuscenes" else 0))) for i in idx], np.int64)
+    if clip.kind == "nuscenes":  # the mean rate of the stream's timestamps
+        native = (round((len(times) - 1) * 1e6 / (times[-1] - times[0]), 2)
+                  if len(times) > 1 and times[-1] > times[0] else None)
+    else:
+        native = frames_fps
     return Frames(rgb=rgb, source_index=idx, time_us=time_us, tokens=[tokens[i] for i in idx] if tokens else [],
-                  source_size=source_size, source_fps=None if clip.kind == "nuscenes" else frames_fps)
+                  source_size=source_size, source_fps=native, source_frames=len(paths))
 
 
-def _load_video(path: str, fps: float, size_hw: tuple[int, int], fallback_fps: float) -> Frames:
+def _load_video(path: str, fps: float, size_hw: tuple[int, int], fallback_fps: float, resize: str) -> Frames:
     cap = cv2.VideoCapture(path)
     try:
         src_fps = float(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else 0.0
@@ -282,14 +313,14 @@ def _load_video(path: str, fps: float, size_hw: tuple[int, int], fallback_fps: f
         for _, i in resample_stream(_remember(times(), state, prev), fps):
             img = prev[i]
             source_size = source_size or (img.shape[1], img.shape[0])
-            frames.append(_resize(img, size_hw))
+            frames.append(resize_frame(img, size_hw, resize))
             index.append(i)
     finally:
         cap.release()
     rgb = np.stack(frames) if frames else np.zeros((0, size_hw[0], size_hw[1], 3), np.uint8)
     idx = np.array(index, np.int64)
     return Frames(rgb=rgb, source_index=idx, time_us=np.round(idx * 1e6 / src_fps).astype(np.int64), tokens=[],
-                  source_size=source_size, source_fps=src_fps if len(idx) else None)
+                  source_size=source_size, source_fps=src_fps if len(idx) else None, source_frames=state["i"] + 1)
 
 
 def _remember(times: Iterator[float], state: dict, prev: dict) -> Iterator[float]:
