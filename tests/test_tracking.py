@@ -604,3 +604,39 @@ def test_resize_modes_map_points_where_the_pixels_go(mode):
         assert f.scaled_wh == (85, 64) and f.offset == (-11, 0)
     else:
         assert f.scale == (0.4, 64 / 120)
+
+
+# --------------------------------------------------------------------------------- multi-view sequences
+@pytest.mark.parametrize("layout", ["time-major", "view-major"])
+def test_a_multi_view_sequence_is_tracked_view_by_view(tmp_path, layout):
+    """The issue's recording: 24 times x 4 views at 30 fps, 4:3 frames. Each view is a clip; val is not empty;
+    the manifest says which layout was read and the rates."""
+    from models.sequences.demo import write_demo_sequence
+    from models.tracking import pipeline as P
+
+    seq = write_demo_sequence(tmp_path / "rig", times=24, views=4, width=64, height=48, fps=30.0, layout=layout)
+    tp = tracks_params(source="sequences", video_dir=str(seq), frames_fps=30.0, target_fps=30.0, window=16,
+                       window_stride=4, image_size=[48, 64], grid_size=6, static_threshold=0.0)
+    data = parse_section("data", {"splits": ["train", "val"]})
+    man, _ = P.build_tracks(data, tp, tmp_path / "out", progress=False, log=lambda *_: None)
+    names = man["splits"]["train"]["sources"] + man["splits"]["val"]["sources"]
+    assert sorted(names) == [f"rig/view{k}" for k in range(4)] and man["splits"]["val"]["windows_kept"] > 0
+    rate = {**man["splits"]["train"]["per_clip"], **man["splits"]["val"]["per_clip"]}["rig/view0"]
+    assert rate["layout"] == layout and rate["native_frames"] == 24 and rate["native_fps"] == 30.0
+    assert rate["frames"] == 24 and rate["repeated"] == rate["unused"] == 0
+
+
+def test_a_sequence_read_as_clip_folders_is_refused(tmp_path):
+    from models.sequences.demo import write_demo_sequence
+    from models.tracking import pipeline as P
+
+    seq = write_demo_sequence(tmp_path / "rig", times=4, views=2, width=32, height=24)
+    data = parse_section("data", {"splits": ["train", "val"]})
+    for folder in (seq, seq / "images"):
+        tp = tracks_params(source="frames", video_dir=str(folder), image_size=[24, 32], grid_size=4)
+        with pytest.raises(TrackingInputError, match="is a multi-view sequence.*tracks.source: sequences"):
+            P.build_tracks(data, tp, tmp_path / "out", progress=False, log=lambda *_: None)
+    tp = tracks_params(source="sequences", video_dir=str(tmp_path), image_size=[24, 32], grid_size=4)
+    (tmp_path / "rig" / "images" / "view0").mkdir()                        # both layouts at once
+    with pytest.raises(TrackingInputError, match="ambiguous layout"):
+        P.build_tracks(data, tp, tmp_path / "out2", progress=False, log=lambda *_: None)

@@ -126,9 +126,12 @@ class TracksParams:
     """Point tracks on video windows (AMPLIFY conventions) written by the tracks stage."""
 
     source: str = _f("nuscenes", "videos to track: each scene's CAM_FRONT sweeps of data.dataroot, or a folder of "
-                     "video files / of image-sequence folders (video_dir)", choices=("nuscenes", "videos", "frames"))
-    video_dir: str | None = _f(None, "folder of clips for source videos (*.mp4, *.avi, *.mov, *.mkv, *.webm) or "
-                               "frames (one sub-folder of images per clip); null for nuscenes")
+                     "video files / of image-sequence folders / multi-view sequences (video_dir)",
+                     choices=("nuscenes", "videos", "frames", "sequences"))
+    video_dir: str | None = _f(None, "folder of clips for source videos (*.mp4, *.avi, *.mov, *.mkv, *.webm), "
+                               "frames (one sub-folder of images per clip) or sequences (one multi-view sequence "
+                               "folder, or a folder of them: each view is a clip <sequence>/view<k>, "
+                               "docs/sequences.md); null for nuscenes")
     frames_fps: float = _f(12.0, "frame rate of image-sequence folders (and of videos whose container reports none)",
                            gt=0.0, max=1000.0)
     backend: str = _f("lk", "tracker: lk (OpenCV pyramidal Lucas-Kanade + forward-backward check), cotracker "
@@ -180,7 +183,7 @@ class TracksParams:
             fail("val_clips", "must be null or a non-empty list of distinct clip names (file or folder names)")
         if self.val_clips is not None and self.source == "nuscenes":
             fail("val_clips", "is for folder sources; the nuscenes source uses the dataroot's official splits")
-        if self.source in ("videos", "frames") and self.video_dir is None:
+        if self.source in ("videos", "frames", "sequences") and self.video_dir is None:
             fail("video_dir", f"source '{self.source}' needs a folder of clips (set tracks.video_dir)")
         if self.backend == "oracle" and self.source != "nuscenes":
             fail("backend", f"the oracle needs the synthetic world's exact truth; source '{self.source}' has none "

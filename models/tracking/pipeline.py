@@ -87,6 +87,8 @@ def process_clip(clip: Clip) -> dict:
     n = len(frames.rgb)
     res.update(frames=n, source_fps=frames.source_fps, source_size=frames.source_size)
     res["rate"] = rate_report(clip.name, frames, tp)
+    if clip.layout:
+        res["rate"]["layout"] = clip.layout                     # a sequence view: which layout was read
     if n == 0:
         res["dropped"]["no_frames"], res["windows"] = 1, 1
         return res

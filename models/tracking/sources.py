@@ -39,6 +39,7 @@ class Clip:
     path: str = ""
     frames: list = field(default_factory=list)      # nuscenes: [(timestamp_us, file path, sample_data token)]
     calibration: dict | None = None                 # nuscenes: {"K": (3, 3), "sensor2ego": (4, 4)} of CAM_FRONT
+    layout: str | None = None                       # sequence: the folder's layout (time-major / view-major)
 
 
 @dataclass
@@ -135,6 +136,8 @@ def folder_clips(video_dir: str | Path, kind: str, val_fraction: float, splits: 
     root = Path(video_dir)
     if not root.is_dir():
         raise TrackingInputError(f"{root}: video folder not found (tracks.video_dir)")
+    if kind == "sequences":
+        return _sequence_clips(root, val_fraction, splits, val_clips)
     if kind == "videos":
         items = sorted((p for p in root.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS),
                        key=lambda p: _natural_key(p.name))
@@ -142,6 +145,10 @@ def folder_clips(video_dir: str | Path, kind: str, val_fraction: float, splits: 
     else:
         items = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name))
         what = "sub-folders (one image sequence each)"
+        if (root / "images").is_dir() or any(re.match(r"^time_\d+$", p.name) for p in items):
+            raise TrackingInputError(f"{root}: this is a multi-view sequence (images/ or time_<t>/ folders), not a "
+                                     "folder of clips: read it with tracks.source: sequences (each view becomes a "
+                                     "clip), tracks.video_dir = the folder holding images/")
     if not items:
         raise TrackingInputError(f"{root}: no {what} found (tracks.source = {kind})")
     out: dict[str, list[Clip]] = {s: [] for s in splits}
@@ -151,6 +158,36 @@ def folder_clips(video_dir: str | Path, kind: str, val_fraction: float, splits: 
         if split in out:
             out[split].append(Clip(name=p.name, split=split, kind="video" if kind == "videos" else "frames",
                                    path=str(p)))
+    return out
+
+
+def _sequence_clips(root: Path, val_fraction: float, splits: list[str],
+                    val_clips: list[str] | None) -> dict[str, list[Clip]]:
+    """Source ``sequences``: ``root`` is one multi-view sequence folder (with ``images/``) or a folder of them; each
+    view of each sequence is one clip, named ``<sequence>/view<k>`` (:mod:`models.sequences` layouts)."""
+    from models.sequences import SequenceLayoutError, find_grid
+
+    seqs = [root] if (root / "images").is_dir() else sorted(
+        (p for p in root.iterdir() if (p / "images").is_dir()), key=lambda p: _natural_key(p.name))
+    if not seqs:
+        raise TrackingInputError(f"{root}: no multi-view sequence (a folder with images/ in the time-major or "
+                                 f"view-major layout, docs/sequences.md) here or in its sub-folders "
+                                 f"(tracks.source = sequences)")
+    clips = []
+    for seq in seqs:
+        try:
+            grid = find_grid(seq / "images")
+        except SequenceLayoutError as exc:
+            raise TrackingInputError(str(exc)) from exc
+        for v, view in enumerate(grid.views):
+            clips.append(Clip(name=f"{seq.name}/view{view}", split="", kind="sequence", path=str(seq),
+                              frames=[(0, str(row[v]), "") for row in grid.paths], layout=grid.layout))
+    assigned = assign_splits([c.name for c in clips], val_fraction, val_clips, tuple(splits))
+    out: dict[str, list[Clip]] = {s: [] for s in splits}
+    for c in clips:
+        c.split = assigned[c.name]
+        if c.split in out:
+            out[c.split].append(c)
     return out
 
 
@@ -256,6 +293,10 @@ def load_frames(clip: Clip, fps: float, size_hw: tuple[int, int], frames_fps: fl
         times = [f[0] for f in clip.frames]
         paths = [f[1] for f in clip.frames]
         tokens = [f[2] for f in clip.frames]
+    elif clip.kind == "sequence":                      # one view of a multi-view sequence, in time order
+        paths = [f[1] for f in clip.frames]
+        times = [i * 1e6 / frames_fps for i in range(len(paths))]
+        tokens = []
     else:
         folder = Path(clip.path)
         paths = [str(p) for p in sorted((p for p in folder.iterdir()
