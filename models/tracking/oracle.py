@@ -24,6 +24,7 @@ from models.world import raycast as rc
 from models.world import render
 from models.world.sensors import ego_pose_matrix
 
+from .resize import to_resized, to_source  # noqa: F401  (the oracle's callers import them from here)
 from .sources import TrackingInputError
 
 _DUMMY_GROUND = render.GroundTexture(rgb=np.full((1, 1, 3), 100, np.uint8), origin=(0.0, 0.0), resolution=1.0)
@@ -141,6 +142,3 @@ class Oracle:
                 out[h, :, 0] = (K[0, 0] * pc[:, 0] + K[0, 1] * pc[:, 1]) / zs + K[0, 2]
                 out[h, :, 1] = K[1, 1] * pc[:, 1] / zs + K[1, 2]
         return out
-
-
-from .resize import to_resized, to_source  # noqa: E402,F401  (where the oracle's callers import them from)
