@@ -137,7 +137,7 @@ def folder_clips(video_dir: str | Path, kind: str, val_fraction: float, splits: 
     if not root.is_dir():
         raise TrackingInputError(f"{root}: video folder not found (tracks.video_dir)")
     if kind == "sequences":
-        return _sequence_clips(root, val_fraction, splits, val_clips)
+        return _by_split(_sequence_clips(root), val_fraction, splits, val_clips)
     if kind == "videos":
         items = sorted((p for p in root.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS),
                        key=lambda p: _natural_key(p.name))
@@ -151,18 +151,23 @@ def folder_clips(video_dir: str | Path, kind: str, val_fraction: float, splits: 
                                      "clip), tracks.video_dir = the folder holding images/")
     if not items:
         raise TrackingInputError(f"{root}: no {what} found (tracks.source = {kind})")
+    clips = [Clip(name=p.name, split="", kind="video" if kind == "videos" else "frames", path=str(p)) for p in items]
+    return _by_split(clips, val_fraction, splits, val_clips)
+
+
+def _by_split(clips: list[Clip], val_fraction: float, splits: list[str],
+              val_clips: list[str] | None) -> dict[str, list[Clip]]:
+    """The wanted splits' clips, each clip's ``split`` set by :func:`assign_splits`, in listing order."""
+    assigned = assign_splits([c.name for c in clips], val_fraction, val_clips, tuple(splits))
     out: dict[str, list[Clip]] = {s: [] for s in splits}
-    assigned = assign_splits([p.name for p in items], val_fraction, val_clips, tuple(splits))
-    for p in items:
-        split = assigned[p.name]
-        if split in out:
-            out[split].append(Clip(name=p.name, split=split, kind="video" if kind == "videos" else "frames",
-                                   path=str(p)))
+    for c in clips:
+        c.split = assigned[c.name]
+        if c.split in out:
+            out[c.split].append(c)
     return out
 
 
-def _sequence_clips(root: Path, val_fraction: float, splits: list[str],
-                    val_clips: list[str] | None) -> dict[str, list[Clip]]:
+def _sequence_clips(root: Path) -> list[Clip]:
     """Source ``sequences``: ``root`` is one multi-view sequence folder (with ``images/``) or a folder of them; each
     view of each sequence is one clip, named ``<sequence>/view<k>`` (:mod:`models.sequences` layouts)."""
     from models.sequences import SequenceLayoutError, find_grid
@@ -182,13 +187,7 @@ def _sequence_clips(root: Path, val_fraction: float, splits: list[str],
         for v, view in enumerate(grid.views):
             clips.append(Clip(name=f"{seq.name}/view{view}", split="", kind="sequence", path=str(seq),
                               frames=[(0, str(row[v]), "") for row in grid.paths], layout=grid.layout))
-    assigned = assign_splits([c.name for c in clips], val_fraction, val_clips, tuple(splits))
-    out: dict[str, list[Clip]] = {s: [] for s in splits}
-    for c in clips:
-        c.split = assigned[c.name]
-        if c.split in out:
-            out[c.split].append(c)
-    return out
+    return clips
 
 
 class _PreloadedNuScenes:
