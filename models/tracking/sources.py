@@ -3,8 +3,8 @@
 A clip is resampled to ``target_fps`` by nearest timestamp (targets ``t0 + k / fps`` from the first frame to the
 last; a target exactly half-way between two frames takes the earlier one), fitted into ``image_size`` by
 ``tracks.resize`` (:mod:`models.tracking.resize`; cv2 ``INTER_AREA``, RGB) and cut into windows of T frames every
-``window_stride`` frames (``starts = range(0, n - T + 1, stride)``; a clip with 0 < n < T frames is one ``short`` window, a clip with no
-readable frame one ``no_frames`` window).
+``window_stride`` frames (``starts = range(0, n - T + 1, stride)``; a clip with 0 < n < T frames is one
+``short`` window, a clip with no readable frame one ``no_frames`` window).
 """
 from __future__ import annotations
 
