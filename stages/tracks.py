@@ -6,8 +6,9 @@
 Reads params sections ``data`` (the dataroot for source nuscenes, and which splits) and ``tracks``. Writes
 ``<out>/manifest.json`` and ``<out>/<split>.safetensors`` atomically. ``--metrics``: windows per split and, when
 the dataroot has exact tracks (the synthetic world), the val split's TAP-Vid AJ, delta_avg and OA of the backend
-(``tracker``) and of points that never move (``static``); ``<metrics>_details.json`` beside it: every count and
-TAP-Vid value per split.
+(``tracker``) and of points that never move (``static``), scored against the same truth for own clips with
+``tracks.reference``; with no truth at all, the val split's forward-backward round trip within 1 px and lost-point
+share (``consistency``). ``<metrics>_details.json`` beside it: every count and value per split and clip.
 """
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ def headline(details: dict) -> dict:
         scores = {short: (val.get(key) or {}).get(long) for short, long in HEADLINE.items()}
         if None not in scores.values():  # no exact truth, or no scored window
             out[name] = scores
+    consistency = val.get("consistency")
+    if not out and consistency:          # no truth: how far the tracks can be trusted
+        out["consistency"] = {k: consistency[k] for k in ("round_trip_1px", "lost_share")
+                              if consistency.get(k) is not None}
     return out
 
 

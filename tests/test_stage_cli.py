@@ -15,10 +15,10 @@ STAGES = ("synth_world", "gt_cache", "tracks", "train_tokenizer", "report_tokeni
 
 def test_values_are_yaml_as_in_dvc_exp_run():
     got = parse_overrides(["planner.epochs=2", "planner.use_rope=false", "planner.lr=1e-4",
-                           "cache.patch_size=[50, 25.0]", "tracks.video_dir=null", "synth.locations=[boston-seaport]"],
+                           "cache.patch_size=[50, 25.0]", "tracks.reference=null", "synth.locations=[boston-seaport]"],
                           ("planner", "cache", "tracks", "synth"))
     assert got == {"planner": {"epochs": 2, "use_rope": False, "lr": 1e-4}, "cache": {"patch_size": [50, 25.0]},
-                   "tracks": {"video_dir": None}, "synth": {"locations": ["boston-seaport"]}}
+                   "tracks": {"reference": None}, "synth": {"locations": ["boston-seaport"]}}
 
 
 @pytest.mark.parametrize("item, why", [

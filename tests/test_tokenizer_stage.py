@@ -28,7 +28,8 @@ def trained(synth_dataroot, tmp_path_factory):
     with open(params, "w") as fh:
         YAML(typ="safe", pure=True).dump({
             "data": {"dataroot": str(synth_dataroot), "version": "v1.0-synth", "splits": ["train", "val"]},
-            "tracks": {"window": 8, "window_stride": 4, "image_size": [64, 96], "grid_size": 8, "workers": 1},
+            "tracks": {"window": 8, "window_stride": 4, "image_size": [64, 96], "grid_size": 8, "workers": 1,
+                       "input": str(synth_dataroot / "v1.0-synth")},
             "tokenizer": TINY}, fh)
     assert tracks.main(["--params", str(params), "--out", str(root / "tracks"), "--metrics", "",
                         "--no-progress"]) == 0

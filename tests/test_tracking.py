@@ -292,9 +292,9 @@ def test_oracle_matches_world_tracks(synth_dataroot):
     ({"image_size": [128.5, 128]}, "tracks.image_size"),
     ({"image_size": [4, 128]}, "tracks.image_size"),
     ({"grid_size": 50, "image_size": [32, 32]}, "tracks.grid_size"),
-    ({"source": "videos"}, "tracks.video_dir"),
-    ({"source": "frames", "video_dir": "x", "backend": "oracle"}, "tracks.backend"),
-    ({"video_dir": ""}, "tracks.video_dir"),
+    ({"reference": "refs"}, "tracks.reference"),
+    ({"source": "frames", "input": "x", "backend": "oracle"}, "tracks.backend"),
+    ({"input": ""}, "tracks.input"),
     ({"target_fps": 0.0}, "tracks.target_fps"),
     ({"static_threshold": -1.0}, "tracks.static_threshold"),
     ({"val_fraction": 1.5}, "tracks.val_fraction"),
@@ -321,7 +321,7 @@ def test_frame_folders_count_bad_input(tmp_path, monkeypatch):
     _write_frames(clips / "c_short", moving[:5])
     (clips / "d_empty").mkdir()
     (clips / "d_empty" / "notes.txt").write_text("no images here")
-    tp = tracks_params(source="frames", video_dir=str(clips), frames_fps=10.0, target_fps=10.0, window=8,
+    tp = tracks_params(source="frames", input=str(clips), frames_fps=10.0, target_fps=10.0, window=8,
                        window_stride=4, image_size=[48, 64], grid_size=6, val_fraction=0.0)
     data = parse_section("data", {"splits": ["train"]})
     man, metrics = P.build_tracks(data, tp, tmp_path / "out", progress=False, log=lambda *_: None)
@@ -365,7 +365,7 @@ def test_mp4_folder_source(tmp_path):
     fr = load_frames(clip, 10.0, (32, 32), 12.0)                      # 20 fps -> 10 fps: every other frame
     assert fr.source_fps == 20.0 and fr.source_size == (64, 64) and fr.rgb.shape == (15, 32, 32, 3)
     assert fr.source_index.tolist() == list(range(0, 30, 2)) and fr.time_us[1] == 100_000
-    tp = tracks_params(source="videos", video_dir=str(videos), target_fps=20.0, window=10, window_stride=5,
+    tp = tracks_params(source="videos", input=str(videos), target_fps=20.0, window=10, window_stride=5,
                        image_size=[64, 64], grid_size=5, val_fraction=0.0)
     man, _ = P.build_tracks(parse_section("data", {"splits": ["train"]}), tp, tmp_path / "out", progress=False,
                             log=lambda *_: None)
@@ -384,10 +384,10 @@ def test_folder_source_errors(tmp_path):
 
     data = parse_section("data", {"splits": ["train"]})
     with pytest.raises(TrackingInputError, match="not found"):
-        P.build_tracks(data, tracks_params(source="videos", video_dir=str(tmp_path / "nope")), tmp_path / "o")
+        P.build_tracks(data, tracks_params(source="videos", input=str(tmp_path / "nope")), tmp_path / "o")
     (tmp_path / "empty").mkdir()
     with pytest.raises(TrackingInputError, match="no video files"):
-        P.build_tracks(data, tracks_params(source="videos", video_dir=str(tmp_path / "empty")), tmp_path / "o")
+        P.build_tracks(data, tracks_params(source="videos", input=str(tmp_path / "empty")), tmp_path / "o")
 
 
 # ----------------------------------------------------------------------------------------- end to end
@@ -400,7 +400,7 @@ def _stage(tmp_path, root, name, **tracks):
     with open(params, "w") as fh:
         YAML().dump({"data": {"dataroot": str(root), "version": VERSION, "splits": ["train", "val"]},
                      "tracks": {"window": 8, "window_stride": 4, "image_size": [64, 96], "grid_size": 8,
-                                "workers": 1, **tracks}}, fh)
+                                "workers": 1, "input": str(root / VERSION), **tracks}}, fh)
     out, metrics = tmp_path / f"{name}_out", tmp_path / f"{name}.json"
     rc = stage.main(["--params", str(params), "--out", str(out), "--metrics", str(metrics)])
     return rc, out, tmp_path / f"{name}_details.json"  # the headline is checked in test_stage_end_to_end_lk_contract
@@ -495,7 +495,8 @@ def test_nuscenes_source_without_truth(tiny_dataroot, tmp_path):
             expect.append(nusc.get("sample_data", sample["data"]["CAM_FRONT"])["token"])
             tok = sample["next"]
         assert [f[2] for f in clip.frames] == expect
-    tp = tracks_params(target_fps=2.0, window=4, window_stride=2, image_size=[8, 16], grid_size=4)
+    tp = tracks_params(target_fps=2.0, window=4, window_stride=2, image_size=[8, 16], grid_size=4,
+                       input=str(tiny_dataroot / VERSION))
     with pytest.raises(TrackingInputError, match=r"split 'train' has no windows; its clips: scene-a: 3 window\(s\), "
                                                  r"dropped as \['empty_static'\]"):
         P.build_tracks(data_params(tiny_dataroot), tp, tmp_path / "out", progress=False, log=lambda *_: None)
@@ -511,7 +512,7 @@ def _four_clips(root: Path, frames: int = 24) -> Path:
 
 
 def _own(tmp_path, **kw):
-    base = dict(source="frames", video_dir=str(tmp_path / "clips"), frames_fps=30.0, target_fps=30.0, window=8,
+    base = dict(source="frames", input=str(tmp_path / "clips"), frames_fps=30.0, target_fps=30.0, window=8,
                 window_stride=4, image_size=[48, 64], grid_size=6)
     return tracks_params(**{**base, **kw})
 
@@ -544,7 +545,7 @@ def test_a_clip_too_short_at_the_target_rate_says_what_would_keep_it(tmp_path, c
 
     _four_clips(tmp_path / "clips")
     params = tmp_path / "params.yaml"
-    params.write_text(f"data:\n  splits: [train, val]\ntracks:\n  source: frames\n  video_dir: {tmp_path / 'clips'}\n"
+    params.write_text(f"data:\n  splits: [train, val]\ntracks:\n  source: frames\n  input: {tmp_path / 'clips'}\n"
                       "  frames_fps: 30.0\n  target_fps: 12.0\n  window: 16\n  image_size: [48, 64]\n"
                       "  grid_size: 6\n  workers: 1\n")
     out = tmp_path / "tracks"
@@ -615,7 +616,7 @@ def test_a_multi_view_sequence_is_tracked_view_by_view(tmp_path, layout):
     from models.tracking import pipeline as P
 
     seq = write_demo_sequence(tmp_path / "rig", times=24, views=4, width=64, height=48, fps=30.0, layout=layout)
-    tp = tracks_params(source="sequences", video_dir=str(seq), frames_fps=30.0, target_fps=30.0, window=16,
+    tp = tracks_params(source="sequences", input=str(seq), frames_fps=30.0, target_fps=30.0, window=16,
                        window_stride=4, image_size=[48, 64], grid_size=6, static_threshold=0.0)
     data = parse_section("data", {"splits": ["train", "val"]})
     man, _ = P.build_tracks(data, tp, tmp_path / "out", progress=False, log=lambda *_: None)
@@ -633,10 +634,10 @@ def test_a_sequence_read_as_clip_folders_is_refused(tmp_path):
     seq = write_demo_sequence(tmp_path / "rig", times=4, views=2, width=32, height=24)
     data = parse_section("data", {"splits": ["train", "val"]})
     for folder in (seq, seq / "images"):
-        tp = tracks_params(source="frames", video_dir=str(folder), image_size=[24, 32], grid_size=4)
+        tp = tracks_params(source="frames", input=str(folder), image_size=[24, 32], grid_size=4)
         with pytest.raises(TrackingInputError, match="is a multi-view sequence.*tracks.source: sequences"):
             P.build_tracks(data, tp, tmp_path / "out", progress=False, log=lambda *_: None)
-    tp = tracks_params(source="sequences", video_dir=str(tmp_path), image_size=[24, 32], grid_size=4)
+    tp = tracks_params(source="sequences", input=str(tmp_path), image_size=[24, 32], grid_size=4)
     (tmp_path / "rig" / "images" / "view0").mkdir()                        # both layouts at once
     with pytest.raises(TrackingInputError, match="ambiguous layout"):
         P.build_tracks(data, tp, tmp_path / "out2", progress=False, log=lambda *_: None)

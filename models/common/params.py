@@ -92,6 +92,9 @@ class SynthParams:
     image_width: int = _f(320, "camera image width in pixels", min=32, even=True)
     image_height: int = _f(180, "camera image height in pixels", min=32, even=True)
     sweep_hz: float = _f(12.0, "CAM_FRONT sweep rate (real nuScenes: 12 Hz)", gt=2.0, max=60.0)
+    camera_noise_std: float = _f(0.0, "per-pixel Gaussian sensor noise added to every camera image before JPEG "
+                                 "encoding, std in grey levels (0..255); seeded per image; 0 = none", min=0.0, max=50.0)
+    jpeg_quality: int = _f(90, "JPEG quality of the camera images (PIL, 1..100)", min=1, max=100)
     town_blocks: int = _f(4, "intersections per side of the town's road grid", min=2, max=8)
     block_length: float = _f(80.0, "distance between neighbouring intersections, metres", min=60.0)
     num_vehicles: int = _f(14, "moving vehicles per scene", min=0)
@@ -126,12 +129,17 @@ class TracksParams:
     """Point tracks on video windows (AMPLIFY conventions) written by the tracks stage."""
 
     source: str = _f("nuscenes", "videos to track: each scene's CAM_FRONT sweeps of data.dataroot, or a folder of "
-                     "video files / of image-sequence folders / multi-view sequences (video_dir)",
+                     "video files / of image-sequence folders / multi-view sequences (tracks.input)",
                      choices=("nuscenes", "videos", "frames", "sequences"))
-    video_dir: str | None = _f(None, "folder of clips for source videos (*.mp4, *.avi, *.mov, *.mkv, *.webm), "
-                               "frames (one sub-folder of images per clip) or sequences (one multi-view sequence "
-                               "folder, or a folder of them: each view is a clip <sequence>/view<k>, "
-                               "docs/sequences.md); null for nuscenes")
+    input: str = _f("data/nuscenes/v1.0-synth", "what the stage reads and DVC watches (the stage's data dependency): "
+                    "<data.dataroot>/<data.version> for source nuscenes (checked); for videos, frames and sequences the "
+                    "folder of clips: video files, one sub-folder of images per clip, or one multi-view sequence "
+                    "folder or a folder of them (each view a clip <sequence>/view<k>, docs/sequences.md)")
+    reference: str | None = _f(None, "folder sources: reference tracks to score the tracker against, a folder inside "
+                               "tracks.input (so DVC watches it; inside each sequence folder for sequences), holding "
+                               "<clip>.npz (tracks + visible in pixels, or TAP-Vid points + occluded) or a SegAnyMo "
+                               "folder <clip>/ (dynamic_traj.npy + dynamic_visibility.npy), docs/tracking.md; null = no "
+                               "truth: forward-backward consistency and lost-point share instead")
     frames_fps: float = _f(12.0, "frame rate of image-sequence folders (and of videos whose container reports none)",
                            gt=0.0, max=1000.0)
     backend: str = _f("lk", "tracker: lk (OpenCV pyramidal Lucas-Kanade + forward-backward check), cotracker "
@@ -172,7 +180,9 @@ class TracksParams:
             fail("image_size", "items must be integers [H, W] (pixels)")
         if self.grid_size > min(self.image_size):
             fail("grid_size", f"more grid points per side than pixels in image_size {self.image_size}")
-        for key in ("video_dir", "cotracker_checkpoint"):
+        if not isinstance(self.input, str) or not self.input:
+            fail("input", "must be a non-empty path string")
+        for key in ("reference", "cotracker_checkpoint"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):
                 fail(key, "must be a non-empty path string or null")
@@ -183,8 +193,12 @@ class TracksParams:
             fail("val_clips", "must be null or a non-empty list of distinct clip names (file or folder names)")
         if self.val_clips is not None and self.source == "nuscenes":
             fail("val_clips", "is for folder sources; the nuscenes source uses the dataroot's official splits")
-        if self.source in ("videos", "frames", "sequences") and self.video_dir is None:
-            fail("video_dir", f"source '{self.source}' needs a folder of clips (set tracks.video_dir)")
+        if self.reference is not None and (Path(self.reference).is_absolute() or ".." in Path(self.reference).parts
+                                           or Path(self.reference).parts in ((), (".",))):
+            fail("reference", "must be a folder name relative to tracks.input (inside it, so that DVC watches it "
+                              "with the clips), without '..'")
+        if self.reference is not None and self.source == "nuscenes":
+            fail("reference", "is for folder sources; the synthetic world's exact truth scores the nuscenes source")
         if self.backend == "oracle" and self.source != "nuscenes":
             fail("backend", f"the oracle needs the synthetic world's exact truth; source '{self.source}' has none "
                             "(use source: nuscenes with the synthetic dataroot)")

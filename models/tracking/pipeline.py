@@ -24,6 +24,7 @@ import numpy as np
 from . import conventions as C
 from .metrics import METRIC_KEYS, TAPVID_SIZE, tapvid_metrics, to_tapvid_raster
 from .oracle import SKY_RULE, Oracle, load_scene_truth, to_resized, to_source
+from .reference import find_reference, load_reference, window_reference
 from .sources import Clip, TrackingInputError, folder_clips, load_frames, nuscenes_clips, window_starts
 from .trackers import make_tracker
 
@@ -54,12 +55,28 @@ def list_clips(data, tp) -> tuple[dict[str, list[Clip]], str, dict | None]:
                                      f"'oracle' needs the synthetic world's exact truth (data.version "
                                      f"{data.version!r} has none)")
         return clips, split_source, truth
-    clips = folder_clips(tp.video_dir, tp.source, tp.val_fraction, splits, tp.val_clips)
+    clips = folder_clips(tp.input, tp.source, tp.val_fraction, splits, tp.val_clips, tp.reference)
     if tp.val_clips is not None:
         return clips, f"tracks.val_clips = {list(tp.val_clips)} -> val, the other clips train", None
     return clips, (f"sha256(clip name) / 2^64 < tracks.val_fraction = {tp.val_fraction} -> val, else train; with "
                    f"two or more clips, an empty split takes the clip with the smallest (val) or largest (train) "
                    f"hash"), None
+
+
+def check_input(data, tp) -> None:
+    """``tracks.input`` is the stage's one data dependency in dvc.yaml (DVC cannot choose a dependency by
+    ``tracks.source``): for the nuscenes source it must name the dataroot's table folder, so that DVC and the
+    stage read the same thing."""
+    import os
+
+    from models.common.params import ParamsError
+
+    if tp.source == "nuscenes":
+        tables = os.path.join(str(data.dataroot), str(data.version))
+        if os.path.normpath(tp.input) != os.path.normpath(tables):
+            raise ParamsError(f"params: tracks.input = {tp.input!r}: with tracks.source = nuscenes it must be "
+                              f"<data.dataroot>/<data.version> = {tables!r}, the folder DVC watches for this stage "
+                              f"(-S tracks.input={tables})")
 
 
 def _truth_index(data) -> dict | None:
@@ -137,6 +154,11 @@ def process_clip(clip: Clip) -> dict:
             xy, vis = tracker.track(state, s, T, queries)
             pred_xy[w], pred_vis[w] = xy, vis
 
+    if oracle is None:
+        res.update(score_against_reference(clip, frames, tracker, state, starts, tp))
+        if "scores" not in res:                                   # no truth for this clip: self-consistency
+            res["consistency"] = consistency(tracker, frames.rgb, starts, T, pred_xy, pred_vis)
+
     fin = C.finalize_windows(pred_xy, pred_vis, H, W, tp.static_threshold)
     reason = fin["reason"]
     keep = reason == ""
@@ -154,6 +176,64 @@ def process_clip(clip: Clip) -> dict:
         static_pred = np.broadcast_to(queries[None, None], gt_xy[scored].shape)
         res["baseline"] = score_windows(static_pred, np.ones_like(gt_vis[scored]), gt_xy[scored], gt_vis[scored], H, W)
     return res
+
+
+def score_against_reference(clip: Clip, frames, tracker, state, starts: list[int], tp) -> dict:
+    """``tracks.reference`` scores for one clip (:mod:`models.tracking.reference`): {} when the clip has none,
+    else the reference's description and per-window TAP-Vid ``scores`` and zero-motion ``baseline``."""
+    if tp.reference is None:
+        return {}
+    path = find_reference(clip, tp.input, tp.reference)
+    if path is None:
+        return {"reference": None}
+    H, W = tp.image_size
+    T = tp.window
+    ref = load_reference(path, frames.source_frames, frames.source_size)
+    rxy, rvis = window_reference(ref, frames.source_index, frames.source_size, (H, W), tp.resize)   # (M, n, ...)
+    per_window, baseline = [], []
+    for s in starts:
+        q = rvis[:, s]                                            # queries: reference points seen at frame s
+        if not q.any():
+            continue
+        gt_xy = np.nan_to_num(rxy[q, s:s + T].transpose(1, 0, 2))[None]                 # (1, T, Nq, 2)
+        gt_vis = rvis[q, s:s + T].T[None]                                               # (1, T, Nq)
+        queries = rxy[q, s]
+        xy, vis = tracker.track(state, s, T, queries)
+        per_window.append(score_windows(xy[None], vis[None], gt_xy, gt_vis, H, W))
+        still = np.broadcast_to(queries[None, None], gt_xy.shape)
+        baseline.append(score_windows(still, np.ones_like(gt_vis), gt_xy, gt_vis, H, W))
+    out = {"reference": {"file": path.as_posix(), "kind": ref.kind, "tracks": int(len(ref.xy)),
+                         "windows_with_queries": len(per_window)}}
+    if per_window:
+        out["scores"] = {k: np.concatenate([w[k] for w in per_window]) for k in per_window[0]}
+        out["baseline"] = {k: np.concatenate([w[k] for w in baseline]) for k in baseline[0]}
+    return out
+
+
+def consistency(tracker, rgb: np.ndarray, starts: list[int], T: int, pred_xy: np.ndarray,
+                pred_vis: np.ndarray) -> dict:
+    """How far the tracks can be trusted without truth, per window: the share of queries lost by the window's last
+    frame, and a forward-backward round trip (each point still tracked at the last frame is tracked back to the
+    first on the reversed clip; its error is the distance to its query, pixels of the resized frames). Returns
+    {key: (windows,)} arrays: ``lost_share``, ``round_trip_1px`` / ``round_trip_2px`` (share of ALL queries that
+    come back within 1 / 2 px; lost either way counts as failing) and ``fb_error_px`` (median over points tracked
+    both ways, NaN when none)."""
+    reverse = tracker.prepare(rgb[::-1])
+    n, N = len(rgb), pred_xy.shape[2]
+    out = {k: np.full(len(starts), np.nan) for k in ("lost_share", "round_trip_1px", "round_trip_2px", "fb_error_px")}
+    for w, s in enumerate(starts):
+        alive = pred_vis[w, -1]
+        out["lost_share"][w] = 1.0 - alive.mean()
+        err = np.full(N, np.inf)
+        if alive.any():
+            back, back_vis = tracker.track(reverse, n - s - T, T, pred_xy[w, -1, alive])
+            e = np.linalg.norm(np.asarray(back[-1], np.float64) - pred_xy[w, 0, alive], axis=-1)
+            err[np.flatnonzero(alive)] = np.where(back_vis[-1], e, np.inf)
+        out["round_trip_1px"][w] = np.mean(err < 1.0)
+        out["round_trip_2px"][w] = np.mean(err < 2.0)
+        if np.isfinite(err).any():
+            out["fb_error_px"][w] = np.median(err[np.isfinite(err)])
+    return out
 
 
 def rate_report(name: str, frames, tp) -> dict:
@@ -189,7 +269,7 @@ def check_no_empty_split(by_split: dict[str, list[dict]], clips: dict, tp) -> No
     for split, results in by_split.items():
         if any(len((res.get("arrays") or {}).get("tracks", ())) for res in results):
             continue
-        where = f"tracks.video_dir = {tp.video_dir}" if tp.source != "nuscenes" else "the dataroot"
+        where = f"tracks.input = {tp.input}" if tp.source != "nuscenes" else "the dataroot"
         if not results:
             fix = ("name one in tracks.val_clips, or add clips" if split == "val" else "add clips")
             raise TrackingInputError(f"tracks: split '{split}' has no clips in {where}; {fix}")
@@ -256,6 +336,22 @@ def _assemble(results: list[dict], T: int, N: int) -> dict:
             for name in ARRAYS}
 
 
+def _mean_consistency(results: list[dict]) -> dict | None:
+    """Split means of :func:`consistency` over windows, and each clip's own means."""
+    per = [r for r in results if "consistency" in r and len(r["consistency"]["lost_share"])]
+    if not per:
+        return None
+
+    def means(arrays: list[dict]) -> dict:
+        cat = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
+        out = {k: (round(float(np.nanmean(v)), 6) if np.isfinite(v).any() else None) for k, v in cat.items()}
+        return {**out, "windows": int(len(cat["lost_share"]))}
+
+    return {**means([r["consistency"] for r in per]),
+            "units": "pixels of the resized frames; shares of the window's queries",
+            "per_clip": {r["name"]: means([r["consistency"]]) for r in per}}
+
+
 def _mean_scores(results: list[dict], key: str) -> dict | None:
     per = [r[key] for r in results if key in r]
     if not per:
@@ -275,6 +371,7 @@ def build_tracks(data, tp, out_dir: str | Path, progress: bool = True, log=print
     metrics). ``out_dir`` should be a fresh directory (the stage passes an atomic temporary one)."""
     import cv2
 
+    check_input(data, tp)
     tracker = make_tracker(tp)                               # a backend that cannot run fails before any work
     clips, split_source, truth = list_clips(data, tp)
     cv2.setNumThreads(1)
@@ -344,7 +441,13 @@ def _build(data, tp, tracker, clips, split_source, truth, out_dir, progress, log
         if scores is not None:
             m["tapvid"] = scores
             m["tapvid_static_baseline"] = _mean_scores(results, "baseline")
-            m["oracle"] = {k: sum(res["oracle"][k] for res in results) for k in ("sky_points", "held_positions")}
+            if truth is not None:
+                m["oracle"] = {k: sum(res["oracle"][k] for res in results) for k in ("sky_points", "held_positions")}
+        if tp.reference is not None:
+            m["reference"] = {res["name"]: res.get("reference") for res in results}   # None: the clip has none
+        consistency = _mean_consistency(results)
+        if consistency is not None:
+            m["consistency"] = consistency
         metrics[split] = m
         log(f"tracks {split}: {len(results)} clips, {counts['windows_kept']}/{total} windows kept "
             f"(dropped {dropped})" + (f"; AJ {scores['average_jaccard']}, delta_avg "
@@ -380,8 +483,17 @@ def _build(data, tp, tracker, clips, split_source, truth, out_dir, progress, log
         "arrays": {k: {"shape": v[0], "dtype": v[1], "meaning": v[2]} for k, v in ARRAYS.items()},
     }
     write_json(out_dir / "manifest.json", manifest)
-    metrics = {"backend": tp.backend, "source": tp.source,
-               "truth": "synthetic world oracle (exact)" if truth is not None else None,
+    if truth is not None:
+        truth_text = "synthetic world oracle (exact)"
+    elif tp.reference is not None:
+        truth_text = (f"reference tracks (tracks.reference = {tp.reference}); clips without one get the "
+                      f"forward-backward consistency instead")
+    else:
+        truth_text = None
+    metrics = {"backend": tp.backend, "source": tp.source, "truth": truth_text,
+               **({} if truth_text else {"no_truth": "no exact truth and no tracks.reference: TAP-Vid metrics "
+                                                     "cannot be computed; 'consistency' gives the forward-backward "
+                                                     "round trip and the lost-point share per split and clip"}),
                "tapvid_conventions": f"query_mode first, queries on frame 0 visible in the truth, {TAPVID_SIZE}x"
                                      f"{TAPVID_SIZE} raster, mean over windows", **metrics}
     return manifest, metrics

@@ -129,13 +129,13 @@ def _natural_key(name: str):
 
 
 # --------------------------------------------------------------------------------------- clip listing
-def folder_clips(video_dir: str | Path, kind: str, val_fraction: float, splits: list[str],
-                 val_clips: list[str] | None = None) -> dict[str, list[Clip]]:
-    """Clips of a folder source (kind ``videos``: video files; ``frames``: sub-folders of images), by split
-    (:func:`assign_splits`)."""
-    root = Path(video_dir)
+def folder_clips(folder: str | Path, kind: str, val_fraction: float, splits: list[str],
+                 val_clips: list[str] | None = None, reference: str | None = None) -> dict[str, list[Clip]]:
+    """Clips of a folder source (kind ``videos``: video files; ``frames``: sub-folders of images; ``sequences``), by
+    split (:func:`assign_splits`). ``reference``: the reference-tracks folder inside ``folder``, never a clip."""
+    root = Path(folder)
     if not root.is_dir():
-        raise TrackingInputError(f"{root}: video folder not found (tracks.video_dir)")
+        raise TrackingInputError(f"{root}: folder of clips not found (tracks.input, tracks.source = {kind})")
     if kind == "sequences":
         return _by_split(_sequence_clips(root), val_fraction, splits, val_clips)
     if kind == "videos":
@@ -143,12 +143,13 @@ def folder_clips(video_dir: str | Path, kind: str, val_fraction: float, splits: 
                        key=lambda p: _natural_key(p.name))
         what = f"video files ({', '.join(VIDEO_EXTENSIONS)})"
     else:
-        items = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name))
+        skip = Path(reference).parts[0] if reference else None
+        items = sorted((p for p in root.iterdir() if p.is_dir() and p.name != skip), key=lambda p: _natural_key(p.name))
         what = "sub-folders (one image sequence each)"
         if (root / "images").is_dir() or any(re.match(r"^time_\d+$", p.name) for p in items):
             raise TrackingInputError(f"{root}: this is a multi-view sequence (images/ or time_<t>/ folders), not a "
                                      "folder of clips: read it with tracks.source: sequences (each view becomes a "
-                                     "clip), tracks.video_dir = the folder holding images/")
+                                     "clip), tracks.input = the folder holding images/")
     if not items:
         raise TrackingInputError(f"{root}: no {what} found (tracks.source = {kind})")
     clips = [Clip(name=p.name, split="", kind="video" if kind == "videos" else "frames", path=str(p)) for p in items]

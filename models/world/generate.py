@@ -6,7 +6,8 @@ Layout written under ``out_dir``::
                                    and sensor_digest.json (md5 over every sensor and truth file)
     maps/expansion/<location>.json map expansion (version 1.3) per location used
     maps/<token>.png               semantic prior (drivable area at 0.1 m/px, as the devkit's MapMask expects)
-    samples/<CHANNEL>/*.jpg|.pcd.bin   key frames: 6 cameras and LIDAR_TOP
+    samples/<CHANNEL>/*.jpg|.pcd.bin   key frames: 6 cameras and LIDAR_TOP (JPEG at ``synth.jpeg_quality``, with
+                                   ``synth.camera_noise_std`` Gaussian sensor noise seeded per file name)
     sweeps/CAM_FRONT/*.jpg         CAM_FRONT between key frames (``synth.sweep_hz``)
     extras/manifest.json           conventions and per-scene file list for the truth below
     extras/<scene>.npz             exact truth: CAM_FRONT point tracks, key-frame depth and dynamic masks,
@@ -33,8 +34,8 @@ from models.common.params import SynthParams
 from models.world import render
 from models.world.ground import paint_town
 from models.world.map_expansion import town_to_map_json
-from models.world.sensors import (CAMERA_OFFSET_US, CAMERA_ORDER, camera_calibration, ego_pose_matrix,
-                                  lidar_calibration)
+from models.world.sensors import (CAMERA_OFFSET_US, CAMERA_ORDER, camera_calibration, camera_noise,
+                                  ego_pose_matrix, lidar_calibration)
 from models.world.tables import BoxAnnotation, SceneRecord, SensorFrame, token, write_tables
 from models.world.town import Town, build_town
 from models.world.traffic import CATEGORY, Agent, simulate_scene
@@ -193,7 +194,7 @@ def render_scene(job: SceneJob) -> SceneRecord:
         key = int(key_of_sweep[j])
         folder = "samples" if key >= 0 else "sweeps"
         fname = f"{folder}/CAM_FRONT/{logfile}__CAM_FRONT__{ts}.jpg"
-        _save_jpeg(out.rgb, job.out_dir / fname)
+        _save_camera_image(out.rgb, job.out_dir, fname, p)
         nxt = key if key >= 0 else int(np.searchsorted(front_key_times, ts))
         frames.append(SensorFrame("CAM_FRONT", ts, fname, key >= 0, min(nxt, n_samples - 1), ego_at(ts)))
         front_depth[j] = out.depth
@@ -212,7 +213,7 @@ def render_scene(job: SceneJob) -> SceneRecord:
             cam_boxes, cam = boxes_at(ts), camera(ch, ts)
             out = render.render_camera(ground, cam_boxes, cam)
             fname = f"samples/{ch}/{logfile}__{ch}__{ts}.jpg"
-            _save_jpeg(out.rgb, job.out_dir / fname)
+            _save_camera_image(out.rgb, job.out_dir, fname, p)
             frames.append(SensorFrame(ch, ts, fname, True, i, ego_at(ts)))
             key_depth[i, c], key_dynamic[i, c] = out.depth, out.dynamic_mask
             visibility[i] = np.maximum(visibility[i], _visible_fraction(out.object_index, cam_boxes, cam, len(agents)))
@@ -349,8 +350,15 @@ def _describe(location: str, ego: Agent, agents: list, town: Town) -> str:
     return f"synthetic {location}: ego {manoeuvre}, {stops}, {n_veh} vehicles, {n_ped} pedestrians"
 
 
-def _save_jpeg(rgb: np.ndarray, path: Path) -> None:
-    Image.fromarray(rgb).save(path, format="JPEG", quality=90)
+def _save_jpeg(rgb: np.ndarray, path: Path, quality: int = 90) -> None:
+    Image.fromarray(rgb).save(path, format="JPEG", quality=quality)
+
+
+def _save_camera_image(rgb: np.ndarray, out_dir: Path, fname: str, p: SynthParams) -> None:
+    """One camera image as written by the sensor: ``synth.camera_noise_std`` Gaussian noise (seeded by
+    ``synth.seed`` and the file name ``fname``; skipped when 0), then JPEG at ``synth.jpeg_quality``."""
+    rgb = camera_noise(rgb, p.camera_noise_std, p.seed, fname)
+    _save_jpeg(rgb, out_dir / fname, p.jpeg_quality)
 
 
 def _write_semantic_prior(town: Town, path: Path) -> None:

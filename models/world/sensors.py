@@ -1,6 +1,8 @@
-"""The sensor rig: nuScenes-like camera and LIDAR_TOP calibration, scaled to the rendered resolution."""
+"""The sensor rig: nuScenes-like camera and LIDAR_TOP calibration, scaled to the rendered resolution, and the
+camera's sensor noise (per-pixel Gaussian, seeded per image so the same params give the same bytes)."""
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -63,3 +65,30 @@ def camera_calibration(width: int, height: int) -> dict:
 def lidar_calibration() -> dict:
     return {"translation": list(LIDAR_TRANSLATION), "rotation": LIDAR_ROTATION,
             "sensor2ego": transform(LIDAR_TRANSLATION, LIDAR_ROTATION)}
+
+
+def add_camera_noise(rgb: np.ndarray, std: float, rng: np.random.Generator | None) -> np.ndarray:
+    """``rgb`` (H, W, 3) uint8 plus independent Gaussian noise of ``std`` grey levels on every pixel and channel,
+    rounded and clipped to uint8 (a new array). ``std == 0`` returns ``rgb`` itself and draws nothing (``rng``
+    may then be None)."""
+    std = float(std)
+    if not (std >= 0.0 and math.isfinite(std)):
+        raise ValueError(f"camera noise std must be finite and >= 0, got {std!r}")
+    if std == 0.0:
+        return rgb
+    noisy = rgb.astype(np.float32) + rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(std)
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+
+
+def image_noise_rng(seed: int, key: str) -> np.random.Generator:
+    """The generator of one image's sensor noise: from the world ``seed`` and the image's identity ``key`` (its
+    file name), through sha256 (stable across processes and Python versions, unlike ``hash()``)."""
+    digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng([int(seed), 0x6E6F697365, digest])
+
+
+def camera_noise(rgb: np.ndarray, std: float, seed: int, key: str) -> np.ndarray:
+    """:func:`add_camera_noise` seeded by :func:`image_noise_rng` (``seed``, ``key``): deterministic per image."""
+    if float(std) == 0.0:
+        return add_camera_noise(rgb, 0.0, None)
+    return add_camera_noise(rgb, std, image_noise_rng(seed, key))
