@@ -2,6 +2,7 @@
 CoTracker backends, the exact oracle against the world's own tracks, bad-input counting, and the stage end to end."""
 from __future__ import annotations
 
+import re
 import dataclasses
 import json
 import pickle
@@ -111,12 +112,33 @@ def test_finalize_windows_velocities_static_and_nan():
     xy[0, :, 0, 0] = np.arange(T) * 2.0                   # window 0: point 0 moves 2 px / frame in x
     xy[1, 2, 1, 1] = np.nan                               # window 1: a NaN
     # window 2: nothing moves -> every point static -> empty_static
-    out = C.finalize_windows(xy, np.ones((3, T, N), bool), 64, 64, static_threshold=0.01)
+    out = C.finalize_windows(xy, np.ones((3, T, N), bool), 64, 64, static_threshold=0.01, static_rule="speed")
     assert out["reason"].tolist() == ["", "nan", "empty_static"]
     np.testing.assert_array_equal(out["velocities"], out["tracks"][:, 1:] - out["tracks"][:, :-1])
     assert out["tracks"].dtype == np.float32 and out["velocities"].dtype == np.float32
     np.testing.assert_allclose(out["velocities"][0, :, 0], [[0.0, 2 / 32]] * 3, atol=1e-6)  # (row, col)
     assert out["static"][0].tolist() == [False, True, True]
+
+
+def test_static_means_not_moving_while_visible():
+    """Lost frames are no evidence of motion; jitter adds up under the speed rule but not the displacement rule."""
+    T = 6
+    tracks = np.zeros((1, T, 4, 2))
+    tracks[0, :, 0, 1] = np.arange(T) * 0.02                  # 0: steady motion, 0.02 per frame (0.1 in all)
+    tracks[0, :, 1, 1] = 0.01 * (-1.0) ** np.arange(T)        # 1: jitter of +-0.01 around its query
+    tracks[0, 3:, 2, 1] = 0.5                                 # 2: jumps when lost (a guessed position)
+    tracks[0, 3:, 3, 1] = 0.5                                 # 3: the same jump, seen
+    vis = np.ones((1, T, 4), bool)
+    vis[0, 3:, 2] = False
+    disp = C.static_points(tracks, vis, 0.05, "displacement")
+    speed = C.static_points(tracks, vis, 0.015, "speed")
+    assert disp.tolist() == [[False, True, True, False]]
+    assert speed.tolist() == [[False, False, True, False]]     # the jitter's step 0.02 > 0.015: "moving"
+    none_seen = np.zeros((1, T, 4), bool)
+    none_seen[:, 0] = True
+    assert C.static_points(tracks, none_seen, 0.05).all()     # never seen after the query: no evidence of motion
+    with pytest.raises(ValueError, match="static rule"):
+        C.static_points(tracks, vis, 0.05, "median")
 
 
 # --------------------------------------------------------------------------------- resampling, windows
@@ -436,8 +458,10 @@ def test_stage_end_to_end_lk_contract(synth_dataroot, tmp_path):
         assert np.isfinite(t).all() and t.min() >= -1 and t.max() <= 1
         np.testing.assert_array_equal(a["velocities"], t[:, 1:] - t[:, :-1])
         np.testing.assert_allclose(t[:, 0], np.broadcast_to(C.grid_normalised(8), (nw, 64, 2)), atol=1e-6)
-        speed = np.linalg.norm(a["velocities"].astype(np.float64), axis=-1).max(axis=1)
-        np.testing.assert_array_equal(a["static"], speed < man["params"]["static_threshold"])
+        moved = np.linalg.norm(t.astype(np.float64) - t[:, :1], axis=-1)              # from the query
+        moved = np.where(a["visible"], moved, 0.0).max(axis=1)
+        assert man["params"]["static_rule"] == "displacement"
+        np.testing.assert_array_equal(a["static"], moved < man["params"]["static_threshold"])
         assert a["visible"][:, 0].all() and (a["window_start"] % 4 == 0).all()
         m = metrics[split]
         assert set(METRIC_KEYS) <= set(m["tapvid"]) and m["windows_kept"] == nw
@@ -641,3 +665,51 @@ def test_a_sequence_read_as_clip_folders_is_refused(tmp_path):
     (tmp_path / "rig" / "images" / "view0").mkdir()                        # both layouts at once
     with pytest.raises(TrackingInputError, match="ambiguous layout"):
         P.build_tracks(data, tp, tmp_path / "out2", progress=False, log=lambda *_: None)
+
+
+def _break_unreadable(seq):
+    (seq / "images" / "time_2" / "view1.png").write_bytes(b"not a png")
+    return r"time_2/view1.png: not a readable image"
+
+
+def _break_frame_count(seq):
+    (seq / "images" / "time_3" / "view1.png").unlink()
+    return r"images/time_3: view\(s\) \[1\] missing"
+
+
+def _break_intrinsics(seq):
+    np.save(seq / "intrs" / "time_1" / "view0.npy", np.eye(4))
+    return r"intrs/time_1/view0.npy: intrinsics must be 3 x 3, got shape \(4, 4\)"
+
+
+def _break_rotation(seq):
+    E = np.load(seq / "extrs" / "time_0" / "view1.npy")
+    E[:, :3] *= 1.5
+    np.save(seq / "extrs" / "time_0" / "view1.npy", E)
+    return r"extrs/time_0/view1.npy: the rotation is not orthonormal"
+
+
+def _break_depth(seq):
+    np.save(seq / "depths" / "time_2" / "view0.npy", np.ones((5, 7), np.float32))
+    return r"depths/time_2/view0.npy: .*\(5, 7\)"
+
+
+@pytest.mark.parametrize("damage", [_break_unreadable, _break_frame_count, _break_intrinsics, _break_rotation,
+                                    _break_depth])
+def test_a_bad_sequence_stops_the_stage_naming_the_file(tmp_path, capsys, damage):
+    """The whole sequence folder is checked before any work: one error naming the file, the output untouched."""
+    from models.sequences.demo import write_demo_sequence
+    from stages import tracks as stage
+
+    seq = write_demo_sequence(tmp_path / "rig", times=4, views=2, width=32, height=24)
+    pattern = damage(seq)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  splits: [train, val]\ntracks:\n  source: sequences\n  input: {seq}\n  frames_fps: 30.0\n  target_fps: 30.0\n"
+                      "  window: 4\n  image_size: [24, 32]\n  grid_size: 4\n  workers: 1\n")
+    out = tmp_path / "tracks"
+    out.mkdir()
+    (out / "previous.txt").write_text("kept")
+    rc = stage.main(["--params", str(params), "--out", str(out), "--metrics", "", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and re.search(pattern, err), err
+    assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]

@@ -158,8 +158,13 @@ class TracksParams:
                      "is squashed), pad (aspect kept, black bars) or crop (aspect kept, centre cut)",
                      choices=("stretch", "pad", "crop"))
     grid_size: int = _f(20, "query points per side (N = grid_size^2, AMPLIFY 20 x 20 at +-0.95)", min=1)
-    static_threshold: float = _f(0.004, "a point is static when its largest per-frame speed in the window is below "
-                                 "this, normalised units per frame (2 / H = one pixel of a row)", min=0.0)
+    static_rule: str = _f("displacement", "when a point counts as static (not moving while visible; lost or hidden "
+                          "frames are no evidence): displacement (largest distance from its query position) or speed "
+                          "(largest per-frame step, the first version's rule, sensitive to tracker jitter)",
+                          choices=("displacement", "speed"))
+    static_threshold: float = _f(0.046875, "static below this, normalised units (2 / H = one pixel of a row; "
+                                 "0.046875 = 3 px of a 128-row frame; per frame for rule speed: the first version "
+                                 "used 0.004); chosen on noisy fixed-camera footage, docs/tracking.md", min=0.0)
     lk_win_size: int = _f(11, "Lucas-Kanade window side, pixels of the resized frames", min=3, max=101)
     lk_levels: int = _f(3, "Lucas-Kanade pyramid levels above the base image", min=0, max=8)
     lk_fb_threshold: float = _f(1.0, "forward-backward error (pixels of the resized frames) above which a point is "

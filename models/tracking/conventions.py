@@ -46,23 +46,45 @@ def query_grid_xy(g: int, height: int, width: int) -> np.ndarray:
     return unnormalize_rc(grid_normalised(g), height, width)[:, ::-1].copy()
 
 
+STATIC_RULES = ("displacement", "speed")
+
+
+def static_points(tracks: np.ndarray, visible: np.ndarray, threshold: float, rule: str = "displacement") -> np.ndarray:
+    """Which points do not move while visible, (Nw, N) bool, from normalised tracks (Nw, T, N, 2) and (Nw, T, N).
+
+    ``displacement``: the largest distance from the query position over the frames where the point is visible is
+    below ``threshold``; ``speed``: the largest per-frame step between two visible frames is below it (normalised
+    units; a step of the tracker's jitter adds up over a window, so this rule needs a tiny threshold and calls noisy
+    background moving: docs/tracking.md). Frames where a point is lost or hidden are no evidence either way (a lost
+    LK point is frozen, an occluded CoTracker point is guessed); a point never seen after its query is static.
+    """
+    tracks = np.asarray(tracks, np.float64)
+    visible = np.asarray(visible, bool)
+    with np.errstate(invalid="ignore"):
+        if rule == "displacement":
+            d = np.sqrt(np.sum((tracks - tracks[:, :1]) ** 2, axis=-1))                    # (Nw, T, N)
+            return np.where(visible, d, 0.0).max(axis=1) < threshold
+        if rule == "speed":
+            step = np.sqrt(np.sum(np.diff(tracks, axis=1) ** 2, axis=-1))                  # (Nw, T-1, N)
+            return np.where(visible[:, 1:] & visible[:, :-1], step, 0.0).max(axis=1) < threshold
+    raise ValueError(f"static rule must be one of {STATIC_RULES}, got {rule!r}")
+
+
 def finalize_windows(tracks_xy: np.ndarray, visible: np.ndarray, height: int, width: int,
-                     static_threshold: float) -> dict:
+                     static_threshold: float, static_rule: str = "displacement") -> dict:
     """Screen tracked windows and convert them to the stored convention.
 
     ``tracks_xy (Nw, T, N, 2)`` pixel (x, y), ``visible (Nw, T, N)`` bool. Returns ``reason (Nw,)`` object array
     (``""`` kept, ``"nan"`` any non-finite position, ``"empty_static"`` every point static) and, for every window,
     ``tracks (Nw, T, N, 2)`` float32 normalised (row, col), ``velocities (Nw, T-1, N, 2)`` float32, ``static
-    (Nw, N)`` bool (largest per-frame speed ``|v|`` in normalised units below ``static_threshold``) and
-    ``visible``. Non-finite windows carry NaN in their arrays: write only the kept ones.
+    (Nw, N)`` bool (:func:`static_points` on the stored tracks) and ``visible``. Non-finite windows carry NaN in
+    their arrays: write only the kept ones.
     """
     tracks_xy = np.asarray(tracks_xy, np.float64)
     finite = np.isfinite(tracks_xy).all(axis=(1, 2, 3))
     tracks = normalize_rc(tracks_xy[..., ::-1], height, width).astype(np.float32)
     velocities = tracks[:, 1:] - tracks[:, :-1]                                 # float32, exactly as stored
-    with np.errstate(invalid="ignore"):
-        speed = np.sqrt(np.sum(velocities.astype(np.float64) ** 2, axis=-1)).max(axis=1)  # (Nw, N)
-        static = speed < static_threshold
+    static = static_points(tracks, visible, static_threshold, static_rule)
     reason = np.full(len(tracks_xy), "", dtype=object)
     reason[finite & static.all(axis=1)] = "empty_static"
     reason[~finite] = "nan"

@@ -32,8 +32,8 @@ ARRAYS = {  # name: (shape, dtype, meaning)
     "tracks": ("(Nw, T, N, 2)", "float32", C.COORDINATES),
     "visible": ("(Nw, T, N)", "bool", "the backend's visibility (lk: tracked and not lost; oracle: exact)"),
     "velocities": ("(Nw, T-1, N, 2)", "float32", C.VELOCITIES),
-    "static": ("(Nw, N)", "bool", "max over the window of |velocity| (normalised units per frame) "
-                                  "< tracks.static_threshold"),
+    "static": ("(Nw, N)", "bool", "the point does not move while visible (tracks.static_rule, "
+                                  "tracks.static_threshold; conventions.static_points)"),
     "window_scene": ("(Nw,)", "int32", "index into splits.<split>.sources (the window's source clip)"),
     "window_start": ("(Nw,)", "int32", "first frame of the window, frame index at target_fps"),
     "window_time_us": ("(Nw,)", "int64", "timestamp of the window's first frame: the sample_data timestamp for "
@@ -159,7 +159,7 @@ def process_clip(clip: Clip) -> dict:
         if "scores" not in res:                                   # no truth for this clip: self-consistency
             res["consistency"] = consistency(tracker, frames.rgb, starts, T, pred_xy, pred_vis)
 
-    fin = C.finalize_windows(pred_xy, pred_vis, H, W, tp.static_threshold)
+    fin = C.finalize_windows(pred_xy, pred_vis, H, W, tp.static_threshold, tp.static_rule)
     reason = fin["reason"]
     keep = reason == ""
     for r in ("nan", "empty_static"):
@@ -465,10 +465,16 @@ def _build(data, tp, tracker, clips, split_source, truth, out_dir, progress, log
         "query_grid": "AMPLIFY grid_queries: linspace(-1 + 1/g, 1 - 1/g, g) per axis, row-major (n = i * g + j), "
                       "the same grid seeded on the first frame of every window",
         "velocities": C.VELOCITIES,
-        "static": f"static[w, n] = max_t |velocities[w, t, n]| < {tp.static_threshold} (normalised units per "
-                  f"frame at {tp.target_fps} fps; one pixel of a row = {2.0 / H:.6g})",
+        "static": (f"static[w, n] = max over frames t where visible[w, t, n] of |tracks[w, t, n] - tracks[w, 0, n]| "
+                   f"< {tp.static_threshold} (normalised units; one pixel of a row = {2.0 / H:.6g})"
+                   if tp.static_rule == "displacement" else
+                   f"static[w, n] = max over steps t with visible[w, t, n] and visible[w, t + 1, n] of "
+                   f"|velocities[w, t, n]| < {tp.static_threshold} (normalised units per frame at {tp.target_fps} "
+                   f"fps; one pixel of a row = {2.0 / H:.6g})") + "; lost or hidden frames are no evidence of motion",
         "visibility": "lk: tracked and not lost (LK status, forward-backward error < lk_fb_threshold px, inside "
-                      "the image); cotracker: predictor visibility (sigmoid > 0.9); oracle: exact (depth test)",
+                      "the image; a lost point keeps its last position with visible False for the rest of the "
+                      "window: that position is a placeholder, not a measurement); cotracker: predictor visibility "
+                      "(sigmoid > 0.9); oracle: exact (depth test)",
         "oracle_rules": SKY_RULE if truth is not None else None,
         "windows": f"windows of T = {T} frames every {tp.window_stride} frames at {tp.target_fps} fps "
                    f"(nearest-timestamp resampling), frames resized to {H}x{W} by tracks.resize = {tp.resize} "

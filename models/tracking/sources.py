@@ -171,7 +171,7 @@ def _by_split(clips: list[Clip], val_fraction: float, splits: list[str],
 def _sequence_clips(root: Path) -> list[Clip]:
     """Source ``sequences``: ``root`` is one multi-view sequence folder (with ``images/``) or a folder of them; each
     view of each sequence is one clip, named ``<sequence>/view<k>`` (:mod:`models.sequences` layouts)."""
-    from models.sequences import SequenceLayoutError, find_grid
+    from models.sequences import MultiViewSequence, SequenceLayoutError
 
     seqs = [root] if (root / "images").is_dir() else sorted(
         (p for p in root.iterdir() if (p / "images").is_dir()), key=lambda p: _natural_key(p.name))
@@ -181,8 +181,8 @@ def _sequence_clips(root: Path) -> list[Clip]:
                                  f"(tracks.source = sequences)")
     clips = []
     for seq in seqs:
-        try:
-            grid = find_grid(seq / "images")
+        try:   # the whole folder is checked (images, depth, calibration, masks) before any work; any rig
+            grid = MultiViewSequence(seq, fixed_rig=False).grid
         except SequenceLayoutError as exc:
             raise TrackingInputError(str(exc)) from exc
         for v, view in enumerate(grid.views):
