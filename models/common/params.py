@@ -347,6 +347,73 @@ class PlannerParams:
                 fail(key, "must be an integer")
 
 
+@dataclass(frozen=True)
+class GeometryParams:
+    """The temporal multi-view geometry model (models/geometry, vggt_t_mv). Full size: img_size 518, embed_dim 1024,
+    num_heads 16, encoder_depth 24, depth 24, pi3_layers 18, mask_layer 8, mask_hidden_dim 256, camera_trunk_depth 4,
+    camera_iterations 4, dpt_features 256, dpt_out_channels [256, 512, 1024, 1024]."""
+
+    img_size: int = _f(112, "the encoder's built size in pixels (pos_embed grid img_size / patch_size); other input "
+                       "sizes interpolate it", min=14)
+    patch_size: int = _f(14, "patch side (DINOv2 / VGGT / Pi3: 14)", min=1)
+    embed_dim: int = _f(64, "encoder and aggregator width (full 1024)", min=4)
+    num_heads: int = _f(4, "attention heads (full 16); embed_dim / num_heads divisible by 4 (2-D RoPE)", min=1)
+    mlp_ratio: float = _f(4.0, "MLP hidden width / embed_dim", gt=0.0)
+    encoder_depth: int = _f(2, "DINOv2 encoder blocks (full 24)", min=1)
+    depth: int = _f(4, "Time-SA + View-SA layers (full 24)", min=1)
+    num_register_tokens: int = _f(4, "register tokens per frame (VGGT / PAGE-4D: 4)", min=1)
+    rope_theta: float = _f(100.0, "2-D RoPE base frequency (VGGT / Pi3: 100)", gt=0.0)
+    aa_order: list = _f(["time", "view"], "attention order in each layer (Pi3: frame then global)",
+                        item_choices=("time", "view"), length=2)
+    pi3_layers: int = _f(3, "layers whose Time-SA / View-SA blocks come from Pi3's decoder (full 18); the others "
+                         "from PAGE-4D", min=0)
+    mask_layer: int | None = _f(None, "first two-stream layer; the mask head reads Time-SA of the layer before "
+                                "(null: depth // 3, 8 at full depth)")
+    mask_head: str = _f("eval", "PAGE-4D mask head variant: eval (checkpoint_150.pt) or official (kaichen-z/PAGE4D)",
+                        choices=("eval", "official"))
+    mask_hidden_dim: int = _f(16, "official mask head's pointwise width (PAGE-4D: 256)", min=1)
+    mask_gating: str = _f("scalar", "fusion with an external mask: scalar (M = sigmoid(a M~ + b M_ext)) or mlp",
+                          choices=("scalar", "mlp"))
+    two_stream: str = _f("shared", "pose / geometry streams from mask_layer: shared (same blocks twice), separate "
+                         "(copied blocks) or off", choices=("shared", "separate", "off"))
+    head_layers: list | None = _f(None, "the four layers the DPT heads read (null: VGGT's 4, 11, 17, 23 scaled)")
+    camera_trunk_depth: int = _f(2, "camera head trunk blocks (VGGT 4)", min=1)
+    camera_iterations: int = _f(2, "camera head refinement iterations (VGGT 4)", min=1)
+    dpt_features: int = _f(32, "DPT fusion width (VGGT 256)", min=4)
+    dpt_out_channels: list = _f([16, 32, 64, 64], "DPT per-layer widths (VGGT 256, 512, 1024, 1024)", length=4,
+                                item_min=4)
+    activation_checkpointing: bool = _f(False, "recompute each attention block in backward (training memory)")
+
+
+@dataclass(frozen=True)
+class ConvertParams:
+    """Pi3 + PAGE-4D -> the geometry model's initial weights (stage convert_weights)."""
+
+    checkpoint_dir: str = _f("checkpoints", "folder holding the real source checkpoints (the stage's data "
+                             "dependency)")
+    pi3: str | None = _f(None, "Pi3 ckpts/model.safetensors, a file name in checkpoint_dir; null = seeded random "
+                         "weights in Pi3's exact key layout at the configured size")
+    page4d: str | None = _f(None, "PAGE-4D checkpoint (e.g. checkpoint_150.pt, state dict under 'model'), a file "
+                            "name in checkpoint_dir; null = seeded random weights in PAGE-4D's layout")
+    seed: int = _f(0, "seed of random sources and of freshly initialised parameters", min=0)
+    register_slots: list = _f([1, 2, 3, 4], "which of Pi3's 5 register tokens become the 4 registers (slot 0 is "
+                              "left to PAGE-4D's camera token, docs/geometry.md)", min_len=1)
+
+    def validate(self) -> None:
+        def fail(key: str, why: str):
+            raise ParamsError(f"params: convert.{key} = {getattr(self, key)!r}: {why}")
+
+        slots = self.register_slots
+        if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 5 for v in slots) \
+                or len(set(slots)) != len(slots):
+            fail("register_slots", "must be distinct integers in 0..4 (Pi3 has 5 register tokens)")
+        for key in ("pi3", "page4d"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value or Path(value).is_absolute()
+                                      or ".." in Path(value).parts):
+                fail(key, "must be null or a file name inside convert.checkpoint_dir (so DVC watches it)")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "synth": SynthParams,
@@ -354,6 +421,8 @@ SECTIONS: dict[str, type] = {
     "tracks": TracksParams,
     "tokenizer": TokenizerParams,
     "planner": PlannerParams,
+    "geometry": GeometryParams,
+    "convert": ConvertParams,
 }
 
 
