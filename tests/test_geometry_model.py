@@ -216,3 +216,76 @@ def test_activation_checkpointing_gives_the_same_gradients():
     for n, p in b.named_parameters():
         if p.grad is not None:
             assert torch.allclose(p.grad, ga[n].grad, atol=1e-6), n
+
+
+def test_time_rope_is_relative_and_leaves_one_time_unchanged():
+    from models.geometry.aggregator import SpaceTimeRope
+
+    rope = SpaceTimeRope(100.0, 100.0)
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 4, 16, dtype=torch.float64), torch.randn(1, 1, 4, 16, dtype=torch.float64)
+    pos = torch.tensor([[1, 2, 0], [3, 1, 1], [0, 0, 2], [2, 2, 3]])
+    score = rope(q, pos) @ rope(k, pos).transpose(-1, -2)
+    shifted = pos + torch.tensor([0, 0, 5])
+    assert torch.allclose(score, rope(q, shifted) @ rope(k, shifted).transpose(-1, -2), atol=1e-5)  # float32 angles
+    from models.layers import RotaryEmbedding2D
+
+    plain = RotaryEmbedding2D(100.0)
+    same_t = pos.clone()
+    same_t[:, 2] = 3
+    assert torch.allclose(rope(q, same_t) @ rope(k, same_t).transpose(-1, -2),
+                          plain(q, pos[:, :2]) @ plain(k, pos[:, :2]).transpose(-1, -2), atol=1e-5)
+    assert not torch.allclose(score, plain(q, pos[:, :2]) @ plain(k, pos[:, :2]).transpose(-1, -2), atol=1e-6)
+    torch.manual_seed(0)
+    off = GeometryModel(tiny_cfg()).eval()
+    on = GeometryModel(tiny_cfg(time_rope=True)).eval()
+    on.load_state_dict(off.state_dict())
+    x = torch.rand(1, 1, 2, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(off(x)["depth"], on(x)["depth"])                      # one time: the same computation
+        x2 = torch.rand(1, 2, 2, 3, 28, 28)
+        assert not torch.equal(off(x2)["depth"], on(x2)["depth"])
+
+
+@pytest.mark.parametrize("strategy", ["landmarks", "dilated", "memory"])
+def test_sparse_global_blocks_convert_from_view_blocks_and_run(tmp_path, strategy):
+    cfg = tiny_cfg(global_every=2, global_strategy=strategy, global_landmarks=4, global_memory=3)
+    assert cfg.global_layers == (1,)
+    torch.manual_seed(0)
+    model = GeometryModel(cfg)
+    paths = write_random_sources(cfg, {k: tuple(v.shape) for k, v in model.state_dict().items()}, tmp_path, 1)
+    pi3 = read_checkpoint(paths["pi3"])
+    state, rows = convert(cfg, model.state_dict(), pi3, read_checkpoint(paths["page4d"]), {"pi3": "a", "page4d": "b"})
+    model.load_state_dict(state, strict=True)
+    assert torch.equal(state["aggregator.sparse_blocks.0.block.attn.qkv.weight"], pi3["decoder.3.attn.qkv.weight"])
+    fresh = {r.target for r in rows if r.source == "fresh"}
+    assert ("aggregator.sparse_blocks.0.memory_tokens" in fresh) == (strategy == "memory")
+    out = model(torch.rand(1, 2, 2, 3, 42, 56))
+    out["depth"].mean().backward()
+    assert model.aggregator.sparse_blocks[0].block.attn.qkv.weight.grad is not None
+
+
+def test_epipolar_prior_is_added_inside_view_attention(converted):
+    """Strength 0: the converted model is unchanged; strength s: View-SA logits get exactly the prior's bias."""
+    cfg, model, pi3 = converted
+    ecfg = dataclasses.replace(cfg, epipolar=True)
+    emodel = GeometryModel(ecfg).double().eval()
+    state = model.state_dict()
+    state["aggregator.epipolar.strength"] = torch.zeros((), dtype=torch.float64)
+    emodel.load_state_dict(state, strict=True)
+    images = torch.rand(1, 1, 2, 3, 42, 56, dtype=torch.float64)
+    K = torch.tensor([[40.0, 0, 27.5], [0, 40.0, 20.5], [0, 0, 1]], dtype=torch.float64).expand(1, 2, 3, 3)
+    pose = torch.eye(4, dtype=torch.float64).repeat(1, 2, 1, 1)
+    pose[0, 1, 0, 3] = 1.0                                                        # view 1: 1 m to the right
+    with torch.no_grad():
+        assert torch.equal(model(images)["depth"], emodel(images, intrinsics=K, cam_to_ref=pose)["depth"])
+        emodel.aggregator.epipolar.strength.fill_(3.0)
+        agg = emodel.aggregator
+        tokens, pos = _entry_tokens(agg, images)
+        B, T, V, N, C = tokens.shape
+        epi = agg.epipolar(K, pose, 3, 4, 14, agg.patch_start_idx, T)           # [B*T, 1, V*N, V*N]
+        assert epi.abs().max() > 0
+        ours = agg._attend("view", agg.view_blocks[0], tokens, pos, None, None, epi)
+        ref = _pi3_block(tokens.reshape(B * T, V * N, C), pi3, "decoder.1", pos.repeat(V, 1), cfg.num_heads, epi)
+        assert (ours.reshape(B * T, V * N, C) - ref).abs().max() < 1e-9
+        assert not torch.equal(model(images)["depth"], emodel(images, intrinsics=K, cam_to_ref=pose)["depth"])

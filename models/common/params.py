@@ -363,6 +363,9 @@ class GeometryParams:
     depth: int = _f(4, "Time-SA + View-SA layers (full 24)", min=1)
     num_register_tokens: int = _f(4, "register tokens per frame (VGGT / PAGE-4D: 4)", min=1)
     rope_theta: float = _f(100.0, "2-D RoPE base frequency (VGGT / Pi3: 100)", gt=0.0)
+    time_rope: bool = _f(False, "relative time rotation in Time-SA on top of the 2-D RoPE (off: the converted "
+                         "sources never saw it; docs/geometry.md)")
+    time_rope_theta: float = _f(100.0, "time rotation base frequency", gt=0.0)
     aa_order: list = _f(["time", "view"], "attention order in each layer (Pi3: frame then global)",
                         item_choices=("time", "view"), length=2)
     pi3_layers: int = _f(3, "layers whose Time-SA / View-SA blocks come from Pi3's decoder (full 18); the others "
@@ -382,6 +385,17 @@ class GeometryParams:
     dpt_features: int = _f(32, "DPT fusion width (VGGT 256)", min=4)
     dpt_out_channels: list = _f([16, 32, 64, 64], "DPT per-layer widths (VGGT 256, 512, 1024, 1024)", length=4,
                                 item_min=4)
+    global_every: int = _f(0, "a sparse global attention block over all T*V frames after every k-th layer; 0 = off",
+                           min=0)
+    global_strategy: str = _f("landmarks", "sparse global keys: landmarks (top-K patches per frame by the dynamic "
+                              "mask), dilated (strided patch grid) or memory (learnable memory tokens)",
+                              choices=("landmarks", "dilated", "memory"))
+    global_landmarks: int = _f(8, "landmarks: patches per frame (full size: 64)", min=1)
+    global_stride: int = _f(2, "dilated: every stride-th patch row and column", min=1)
+    global_memory: int = _f(16, "memory: memory tokens (full size: 256)", min=1)
+    epipolar: bool = _f(False, "epipolar prior in View-SA when calibration is given (a bias decreasing with the "
+                        "distance to the epipolar line; strength learnable, 0 at init)")
+    epipolar_sigma: float = _f(0.0, "epipolar prior width in pixels; 0 = the patch size", min=0.0)
     activation_checkpointing: bool = _f(False, "recompute each attention block in backward (training memory)")
 
 

@@ -19,8 +19,19 @@ where the rotation is the identity.
   (``pose_time_blocks`` / ``pose_view_blocks``, converted from the same source blocks); ``off``: one stream and no
   bias (the mask is still predicted).
 
-Each layer's output is ``concat(first attention out, second attention out)`` per stream, ``[B, T*V, N, 2C]`` with
-frames in (t, v) order, as VGGT's heads expect.
+* **Epipolar prior** (``epipolar``, with calibration given): in View-SA an additive bias
+  ``-s (1 - exp(-d^2 / 2 sigma^2))`` between patches of different views, d the distance in pixels of the key
+  patch's centre to the epipolar line of the query patch's centre (:mod:`models.geometry.epipolar`); ``s`` is one
+  learnable scalar initialised to 0, so a converted model is unchanged until training moves it.
+* **Sparse global attention** (``global_every`` = k > 0): after every k-th layer, a
+  :class:`~models.geometry.sparse_global.SparseGlobalAttention` block lets every token of the sample attend to a
+  subset of all ``T*V*N`` tokens (``global_strategy``: landmarks = special tokens + the top-K patches per frame by
+  the dynamic mask M, or by token norm before the mask exists; dilated = special tokens + a strided patch grid;
+  memory = special tokens + learnable memory tokens). Its block is converted from the layer's View-SA source block
+  (the global attention of Pi3 / PAGE-4D); memory tokens are new. In a biased stream it gets the View-SA bias.
+
+Each layer's output is ``concat(first attention out, second attention out)`` per stream (the second after the sparse
+global block when the layer has one), ``[B, T*V, N, 2C]`` with frames in (t, v) order, as VGGT's heads expect.
 """
 from __future__ import annotations
 
@@ -29,10 +40,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models.layers import Block, RotaryEmbedding2D, grid_positions
+from models.layers.rope import _angles
 
 from .config import GeometryConfig
 from .encoder import DinoV2Config, DinoV2Encoder
+from .epipolar import EpipolarPrior
 from .mask_head import DynamicMaskHead, MaskGate, patch_mask
+from .sparse_global import SparseGlobalAttention
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,6 +57,25 @@ def encoder_config(cfg: GeometryConfig) -> DinoV2Config:
     return DinoV2Config(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
                         depth=cfg.encoder_depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
                         num_register_tokens=cfg.num_register_tokens)
+
+
+class SpaceTimeRope(RotaryEmbedding2D):
+    """2-D RoPE on (row, col) plus a relative time rotation: ``pos (L, 3) = (row, col, t)``. Each rotate-half pair
+    turns by its 2-D angle plus ``t * theta_t^(-2i/d)`` over the whole head, so the score of two tokens depends on
+    their time offset only, and tokens of the same time see exactly the 2-D rotation (time_rope option)."""
+
+    def __init__(self, theta: float, time_theta: float):
+        super().__init__(theta)
+        self.time_theta = float(time_theta)
+
+    def cos_sin(self, pos: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        half = dim // 2
+        space = torch.cat((_angles(pos[..., 0], half, self.theta), _angles(pos[..., 1], half, self.theta)), dim=-1)
+        t = _angles(pos[..., 2], dim // 2, self.time_theta)                      # (..., d/2): one per pair
+        quarter = dim // 4
+        t = torch.cat((t[..., :quarter], t[..., :quarter], t[..., quarter:], t[..., quarter:]), dim=-1)
+        ang = space + t
+        return ang.cos(), ang.sin()
 
 
 def _blocks(cfg: GeometryConfig, rope: nn.Module, layers: range) -> nn.ModuleList:
@@ -57,12 +90,22 @@ class Aggregator(nn.Module):
         C, R = cfg.embed_dim, cfg.num_register_tokens
         self.patch_embed = DinoV2Encoder(encoder_config(cfg))
         self.rope = RotaryEmbedding2D(cfg.rope_theta)
-        self.time_blocks = _blocks(cfg, self.rope, range(cfg.depth))
+        self.time_rope = SpaceTimeRope(cfg.rope_theta, cfg.time_rope_theta) if cfg.time_rope else self.rope
+        self.time_blocks = _blocks(cfg, self.time_rope, range(cfg.depth))
         self.view_blocks = _blocks(cfg, self.rope, range(cfg.depth))
         self.mask_layer = cfg.layer_of_mask
         if cfg.two_stream == "separate":          # index k is layer mask_layer + k
-            self.pose_time_blocks = _blocks(cfg, self.rope, range(self.mask_layer, cfg.depth))
+            self.pose_time_blocks = _blocks(cfg, self.time_rope, range(self.mask_layer, cfg.depth))
             self.pose_view_blocks = _blocks(cfg, self.rope, range(self.mask_layer, cfg.depth))
+        self.global_layers = cfg.global_layers
+        if self.global_layers:                    # index k follows layer global_layers[k]
+            self.sparse_blocks = nn.ModuleList(
+                SparseGlobalAttention(C, cfg.num_heads, cfg.global_strategy, num_landmarks=cfg.global_landmarks,
+                                      stride=cfg.global_stride, num_memory=cfg.global_memory,
+                                      mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.layer_norm_eps(i), rope=self.rope)
+                for i in self.global_layers)
+        if cfg.epipolar:
+            self.epipolar = EpipolarPrior(sigma=cfg.epipolar_sigma or None)
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, C) * 1e-6)
         self.register_token = nn.Parameter(torch.randn(1, 2, R, C) * 1e-6)
         self.spatial_mask_head = DynamicMaskHead(C, cfg.mask_head, cfg.mask_hidden_dim)
@@ -86,19 +129,25 @@ class Aggregator(nn.Module):
         return (self.time_blocks if kind == "time" else self.view_blocks)[layer]
 
     def _attend(self, kind: str, block: Block, x: torch.Tensor, pos: torch.Tensor,
-                key_mask: torch.Tensor | None, strength: torch.Tensor | None) -> torch.Tensor:
+                key_mask: torch.Tensor | None, strength: torch.Tensor | None,
+                view_bias: torch.Tensor | None = None) -> torch.Tensor:
         """One Time-SA or View-SA block on tokens (B, T, V, N, C); ``key_mask`` (B, T, V, N) times ``strength`` is
-        the additive key bias (None: no bias)."""
+        the additive key bias (None: no bias); ``view_bias`` [B*T, 1, V*N, V*N] is added in View-SA (epipolar)."""
         B, T, V, N, C = x.shape
         if kind == "time":
             seq = x.permute(0, 2, 1, 3, 4).reshape(B * V, T * N, C)               # [B*V, T*N, C]
             p = pos.repeat(T, 1)
+            if self.cfg.time_rope:                                                # (row, col, t)
+                t = torch.arange(T, device=pos.device).repeat_interleave(N)[:, None]
+                p = torch.cat([p, t], dim=-1)
             bias = None if key_mask is None else \
                 (strength * key_mask.permute(0, 2, 1, 3).reshape(B * V, 1, 1, T * N))
         else:
             seq = x.reshape(B * T, V * N, C)                                      # [B*T, V*N, C]
             p = pos.repeat(V, 1)
             bias = None if key_mask is None else (strength * key_mask.reshape(B * T, 1, 1, V * N))
+            if view_bias is not None:
+                bias = view_bias if bias is None else bias + view_bias
         if self.cfg.activation_checkpointing and self.training:
             out = checkpoint(block, seq, p, None, bias, use_reentrant=False)
         else:
@@ -115,9 +164,12 @@ class Aggregator(nn.Module):
         return None
 
     # ------------------------------------------------------------------------------------------ forward
-    def forward(self, images: torch.Tensor, external_mask: torch.Tensor | None = None) -> dict:
+    def forward(self, images: torch.Tensor, external_mask: torch.Tensor | None = None,
+                intrinsics: torch.Tensor | None = None, cam_to_ref: torch.Tensor | None = None) -> dict:
         """``images [B, T, V, 3, H, W]`` in [0, 1] (``[B, S, 3, H, W]`` is read as V = 1); ``external_mask``
-        ``[B, T, V, H, W]`` in [0, 1] or None. Returns ``pose`` and ``geo``: lists of ``depth`` tensors
+        ``[B, T, V, H, W]`` in [0, 1] or None; ``intrinsics [B, V, 3, 3]`` (pixels of the input) and ``cam_to_ref
+        [B, V, 4, 4]`` (camera v to view 0 of the same time, OpenCV axes; a fixed rig) for the epipolar prior
+        (``epipolar``; without them no prior). Returns ``pose`` and ``geo``: lists of ``depth`` tensors
         ``[B, T*V, N, 2C]`` (the same list twice without two streams), ``mask_logits [B, T, V, P]`` (M~), ``mask``
         ``[B, T, V, P]`` (M), ``grid`` (h, w), ``patch_start_idx``."""
         if images.dim() == 5:
@@ -137,6 +189,9 @@ class Aggregator(nn.Module):
         pos = torch.cat([torch.zeros(self.patch_start_idx, 2, dtype=torch.long, device=images.device),
                          grid_positions(h, w, offset=1, device=images.device)])          # [N, 2]
         ext = None if external_mask is None else patch_mask(external_mask, ps)          # [B, T, V, P]
+        epi = None
+        if self.cfg.epipolar and intrinsics is not None and cam_to_ref is not None and V > 1:
+            epi = self.epipolar(intrinsics.to(x.dtype), cam_to_ref.to(x.dtype), h, w, ps, self.patch_start_idx, T)
 
         two = self.cfg.two_stream != "off"
         streams = {"main": tokens}
@@ -151,8 +206,14 @@ class Aggregator(nn.Module):
                 for kind in self.cfg.aa_order:
                     biased = key_mask is not None and stream != "main"
                     x = self._attend(kind, self._block(kind, layer, stream), x, pos,
-                                     key_mask if biased else None, self._strength(stream, kind) if biased else None)
+                                     key_mask if biased else None, self._strength(stream, kind) if biased else None,
+                                     epi if kind == "view" else None)
                     parts.append(x)
+                    if kind == self.cfg.aa_order[-1] and layer in self.global_layers:
+                        g = self.sparse_blocks[self.global_layers.index(layer)]
+                        bias = None if not biased else self._strength(stream, "view") * key_mask
+                        x = g(x, pos, self.patch_start_idx, score=mask, grid=(h, w), key_bias=bias)
+                        parts[-1] = x
                     if kind == "time" and layer == self.mask_layer - 1:
                         feats = x[:, :, :, self.patch_start_idx:].detach()               # [B, T, V, P, C]
                         mask_logits = self.spatial_mask_head(feats.reshape(B * T * V, h * w, -1), (h, w))

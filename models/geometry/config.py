@@ -28,6 +28,8 @@ class GeometryConfig:
     depth: int = 4                      # Time-SA + View-SA layers (VGGT: 24)
     num_register_tokens: int = 4
     rope_theta: float = 100.0
+    time_rope: bool = False             # relative time rotation in Time-SA (off: the sources never saw it)
+    time_rope_theta: float = 100.0
     aa_order: tuple = ("time", "view")  # Pi3 runs frame (-> time) before global (-> view)
     pi3_layers: int = 3                 # layers whose blocks come from Pi3 (LayerNorm eps 1e-6); the rest PAGE-4D
     mask_layer: int | None = None       # first two-stream layer; the mask head reads Time-SA of the layer before
@@ -40,6 +42,13 @@ class GeometryConfig:
     camera_iterations: int = 2          # VGGT: 4
     dpt_features: int = 32              # VGGT: 256
     dpt_out_channels: tuple = (16, 32, 64, 64)   # VGGT: 256, 512, 1024, 1024
+    global_every: int = 0               # a sparse global attention block after every k-th layer (0 = off)
+    global_strategy: str = "landmarks"  # landmarks (top-K patches by the mask) | dilated (strided grid) | memory
+    global_landmarks: int = 8           # landmarks: patches per frame (full: 64)
+    global_stride: int = 2              # dilated: every stride-th patch row and column
+    global_memory: int = 16             # memory: learnable memory tokens (full: 256)
+    epipolar: bool = False              # epipolar prior in View-SA when calibration is given (strength init 0)
+    epipolar_sigma: float = 0.0         # pixels; 0 = the patch size
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -69,11 +78,25 @@ class GeometryConfig:
             fail("mask_gating", "must be scalar or mlp")
         if self.two_stream not in TWO_STREAM:
             fail("two_stream", f"must be one of {TWO_STREAM}")
+        if self.epipolar_sigma < 0:
+            fail("epipolar_sigma", "must be >= 0 pixels (0 = the patch size)")
+        if self.global_every < 0:
+            fail("global_every", "must be >= 0 (0 = no sparse global attention)")
+        if self.global_strategy not in ("landmarks", "dilated", "memory"):
+            fail("global_strategy", "must be landmarks, dilated or memory")
+        for key in ("global_landmarks", "global_stride", "global_memory"):
+            if getattr(self, key) < 1:
+                fail(key, "must be >= 1")
         if len(self.dpt_out_channels) != 4 or any(c < 1 for c in self.dpt_out_channels):
             fail("dpt_out_channels", "must be four positive widths")
         layers = self.dpt_layers
         if len(layers) != 4 or any(not 0 <= i < self.depth for i in layers) or list(layers) != sorted(layers):
             fail("head_layers", f"must be four non-decreasing layer indices within 0..{self.depth - 1}")
+
+    @property
+    def global_layers(self) -> tuple[int, ...]:
+        """Layers followed by a sparse global block: every ``global_every``-th (1-based), none when 0."""
+        return tuple(i for i in range(self.depth) if self.global_every and (i + 1) % self.global_every == 0)
 
     @property
     def layer_of_mask(self) -> int:

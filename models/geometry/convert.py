@@ -13,7 +13,8 @@ The plan (``/work/shared/design/checkpoints.md`` §3) assigns every target tenso
 | ``aggregator.camera_token`` | page4d, same key | copy |
 | ``aggregator.spatial_mask_head.*`` | page4d, same key (variant by shape) | copy |
 | ``camera_head.*``, ``depth_head.*``, ``point_head.*`` | page4d, same keys | copy |
-| lambdas, ``mask_gate.*`` | none | fresh (lambdas 0, gate 1 / 1) |
+| ``aggregator.sparse_blocks.k.block.*`` (global_every) | the View-SA source block of its layer | copy |
+| lambdas, ``mask_gate.*``, ``epipolar.strength``, ``sparse_blocks.k.memory_tokens`` | none | fresh (0; gate 1 / 1; memory N(0, 0.02)) |
 
 Register slots: Pi3's 5 register tokens carry no position and its blocks are permutation-equivariant over tokens,
 so no slot is special; the default keeps slots 1-4 and leaves slot 0 out, because PAGE-4D's trained camera token
@@ -124,6 +125,16 @@ def _block_rows(cfg: GeometryConfig, target: dict[str, tuple]) -> list[Row]:
         else:
             src = "frame_blocks" if kind == "time" else "global_blocks"
             rows.append(Row(key, shape, "page4d", f"aggregator.{src}.{layer}.{suffix}", "copy"))
+    sparse = re.compile(r"^aggregator\.sparse_blocks\.(\d+)\.block\.(.+)$")
+    for key, shape in target.items():                   # sparse global blocks: the layer's View-SA source block
+        m = sparse.match(key)
+        if not m:
+            continue
+        layer, suffix = cfg.global_layers[int(m.group(1))], m.group(2)
+        if layer < cfg.pi3_layers:
+            rows.append(Row(key, shape, "pi3", f"decoder.{2 * layer + 1}.{suffix}", "copy"))
+        else:
+            rows.append(Row(key, shape, "page4d", f"aggregator.global_blocks.{layer}.{suffix}", "copy"))
     return rows
 
 
@@ -145,7 +156,8 @@ def plan(cfg: GeometryConfig, target: dict[str, tuple]) -> list[Row]:
         elif key in ("aggregator.camera_token",) or key.startswith(("aggregator.spatial_mask_head.", "camera_head.",
                                                                       "depth_head.", "point_head.")):
             rows[key] = Row(key, shape, "page4d", key, "copy")
-        elif key.startswith(("aggregator.lambda_", "aggregator.mask_gate.")):
+        elif key.startswith(("aggregator.lambda_", "aggregator.mask_gate.", "aggregator.epipolar.")) or \
+                re.match(r"^aggregator\.sparse_blocks\.\d+\.memory_tokens$", key):
             rows[key] = Row(key, shape, "fresh", "", "fresh")
         else:
             raise ConversionError(f"target key {key!r} {list(shape)} has no source in the conversion plan")

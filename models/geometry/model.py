@@ -1,6 +1,7 @@
 """``GeometryModel`` (vggt_t_mv): the temporal multi-view aggregator and VGGT's heads.
 
-Output of ``forward(images [B, T, V, 3, H, W] in [0, 1], external_mask=None, return_tokens=False)`` (S = T * V
+Output of ``forward(images [B, T, V, 3, H, W] in [0, 1], external_mask=None, return_tokens=False, intrinsics=None,
+cam_to_ref=None)`` (calibration for the epipolar prior: :class:`~models.geometry.aggregator.Aggregator`; S = T * V
 frames in (t, v) order; the reference frame is (0, 0)):
 
 | key | shape | meaning |
@@ -44,8 +45,9 @@ class GeometryModel(nn.Module):
         self.point_head = vggt_point_head(**dense)
 
     def forward(self, images: torch.Tensor, external_mask: torch.Tensor | None = None,
-                return_tokens: bool = False) -> dict:
-        agg = self.aggregator(images, external_mask)
+                return_tokens: bool = False, intrinsics: torch.Tensor | None = None,
+                cam_to_ref: torch.Tensor | None = None) -> dict:
+        agg = self.aggregator(images, external_mask, intrinsics, cam_to_ref)
         B, T, V = agg["shape"]
         frames = images.reshape(B, T * V, *images.shape[-3:])                        # [B, S, 3, H, W]
         H, W = frames.shape[-2:]
