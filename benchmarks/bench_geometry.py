@@ -28,8 +28,9 @@ FULL = {"T": 24, "V": 4, "S": 518, "patch": 14, "C": 1024, "R": 4, "depth": 24, 
 
 
 def analytic(T=24, V=4, S=518, patch=14, C=1024, R=4, depth=24, encoder_depth=24, sparse_keys: int | None = None,
-             global_every: int = 0) -> dict:
-    """FLOPs (forward, 2 per multiply-add) and bf16 activation bytes of the full model, per attention kind."""
+             global_every: int = 0, mask_layer: int | None = 8) -> dict:
+    """FLOPs (forward, 2 per multiply-add) and bf16 activation bytes of the full model, per attention kind. Two
+    streams (``mask_layer`` set: shared or separate) run layers ``mask_layer..depth-1`` twice; None = one stream."""
     P = (S // patch) ** 2
     N = 1 + R + P
     frames = T * V
@@ -43,12 +44,13 @@ def analytic(T=24, V=4, S=518, patch=14, C=1024, R=4, depth=24, encoder_depth=24
     if global_every:
         keys = T * V * N if sparse_keys is None else sparse_keys
         kinds["global"] = block(1, T * V * N, keys)
-    counts = {"encoder": encoder_depth, "time_sa": depth, "view_sa": depth,
-              "global": depth // global_every if global_every else 0}
+    runs = depth if mask_layer is None else mask_layer + 2 * (depth - mask_layer)     # block runs per kind
+    counts = {"encoder": encoder_depth, "time_sa": runs, "view_sa": runs,
+              "global": (depth // global_every) * runs // depth if global_every else 0}
     out = {}
     for k, (flops, elems, scores) in kinds.items():
         n = counts[k]
-        out[k] = {"blocks": n, "tflops_forward": round(n * flops / 1e12, 2),
+        out[k] = {"block_runs": n, "tflops_forward": round(n * flops / 1e12, 2),
                   "activation_gb_bf16": round(n * elems * 34 / 1e9, 2),
                   "activation_gb_bf16_checkpointed": round(n * elems * 2 / 1e9, 2),
                   "attention_matrix_gb_per_block_if_materialised": round(scores * 16 * 2 / 1e9, 1)}
@@ -117,12 +119,13 @@ def main(argv=None) -> int:
     first = measured["2x6 shared"]
     for rec in measured.values():
         rec["time_vs_2x6_shared"] = round(rec["seconds"] / first["seconds"], 2)
-    full = {"dense": analytic(), "dense + full global every 2nd layer": analytic(global_every=2)}
+    full = {"one stream (two_stream off)": analytic(mask_layer=None), "two streams from layer 8 (default)": analytic(),
+            "two streams + full global every 2nd layer": analytic(global_every=2)}
     P = (518 // 14) ** 2
     frames = 24 * 4
     for name, keys in (("landmarks 64 per frame", frames * (5 + 64)), ("dilated stride 2", frames * (5 + 19 * 19)),
                        ("memory 256", frames * 5 + 256)):
-        full[f"dense + sparse global ({name}) every 2nd layer"] = analytic(global_every=2, sparse_keys=keys)
+        full[f"two streams + sparse global ({name}) every 2nd layer"] = analytic(global_every=2, sparse_keys=keys)
     result = {"size": {k: base[k] for k in ("img_size", "embed_dim", "depth", "encoder_depth", "num_heads")},
               "measured_fwd_bwd": measured, "full_size_analytic": full, "full_size_input": [1, 24, 4, 3, 518, 518],
               "patches_per_frame": P}

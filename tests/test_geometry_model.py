@@ -144,7 +144,7 @@ def test_a_converted_time_view_pair_equals_pi3s_frame_global_pair(converted, T, 
         ref = ref.view(B, V, T, N, C).permute(0, 2, 1, 3, 4).reshape(B * T, V * N, C)
         ref = _pi3_block(ref, pi3, "decoder.3", pos.repeat(V, 1), cfg.num_heads).view(B, T, V, N, C)
     diff = (ours - ref).abs().max().item()
-    assert diff < 1e-9, f"max abs difference {diff:.3g}"        # float64; measured 2e-11
+    assert diff < 1e-12, f"max abs difference {diff:.3g}"
 
 
 def test_the_logit_bias_is_A_minus_lambda_m_inside_attention(converted):
@@ -162,7 +162,7 @@ def test_the_logit_bias_is_A_minus_lambda_m_inside_attention(converted):
         bias = (-lam * key_mask.reshape(B * T, 1, 1, V * N))
         ref = _pi3_block(tokens.reshape(B * T, V * N, C), pi3, "decoder.1", pos.repeat(V, 1), cfg.num_heads, bias)
         plain = agg._attend("view", agg.view_blocks[0], tokens, pos, None, None)
-    assert (ours.reshape(B * T, V * N, C) - ref).abs().max() < 1e-9
+    assert (ours.reshape(B * T, V * N, C) - ref).abs().max() < 1e-12
     assert (ours - plain).abs().max() > 1e-6                                     # the bias does change attention
     special = key_mask[..., :agg.patch_start_idx]
     assert torch.count_nonzero(special) == 0
@@ -287,5 +287,5 @@ def test_epipolar_prior_is_added_inside_view_attention(converted):
         assert epi.abs().max() > 0
         ours = agg._attend("view", agg.view_blocks[0], tokens, pos, None, None, epi)
         ref = _pi3_block(tokens.reshape(B * T, V * N, C), pi3, "decoder.1", pos.repeat(V, 1), cfg.num_heads, epi)
-        assert (ours.reshape(B * T, V * N, C) - ref).abs().max() < 1e-9
+        assert (ours.reshape(B * T, V * N, C) - ref).abs().max() < 1e-12
         assert not torch.equal(model(images)["depth"], emodel(images, intrinsics=K, cam_to_ref=pose)["depth"])

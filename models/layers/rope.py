@@ -23,6 +23,11 @@ def _angles(pos: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
     return torch.cat((ang, ang), dim=-1)                                                          # (..., dim)
 
 
+def _angle_dtype(pos: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Positions as float64 for a float64 input (exact rotations in float64 checks), unchanged otherwise."""
+    return pos.to(torch.float64) if x.dtype == torch.float64 and pos.dtype != torch.float64 else pos
+
+
 def _for_heads(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """cos/sin (L, d) or (B, L, d) -> broadcastable to x (B, heads, L, d), in x's dtype."""
     if t.dim() == 3:
@@ -44,7 +49,7 @@ class RotaryEmbedding1D(nn.Module):
         return ang.cos(), ang.sin()
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        cos, sin = (_for_heads(t, x) for t in self.cos_sin(pos, x.shape[-1]))
+        cos, sin = (_for_heads(t, x) for t in self.cos_sin(_angle_dtype(pos, x), x.shape[-1]))
         half = x.shape[-1] // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # rotate_half
         return x * cos + rotated * sin
@@ -67,7 +72,7 @@ class RotaryEmbedding2D(nn.Module):
         return ang.cos(), ang.sin()                                                   # (..., L, d) each
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        cos, sin = (_for_heads(t, x) for t in self.cos_sin(pos, x.shape[-1]))
+        cos, sin = (_for_heads(t, x) for t in self.cos_sin(_angle_dtype(pos, x), x.shape[-1]))
         # rotate_half within each half, in one pass: (..., axis, pair half, d/4)
         q = x.unflatten(-1, (2, 2, x.shape[-1] // 4))
         rotated = torch.stack((-q[..., 1, :], q[..., 0, :]), dim=-2).flatten(-3)
