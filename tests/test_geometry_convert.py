@@ -14,8 +14,10 @@ from models.geometry.convert import ConversionError, check_sources, convert, pla
 from models.geometry.model import GeometryModel
 from models.geometry.sources import source_layouts, write_random_sources
 
-LAYOUTS = Path("/work/shared/checkpoint_layouts")
-needs_layouts = pytest.mark.skipif(not LAYOUTS.is_dir(), reason="the shared checkpoint layouts are not here")
+from tests.checkpoint_layouts import layout_dir
+
+LAYOUTS = layout_dir() or Path("shared/checkpoint_layouts")
+needs_layouts = pytest.mark.skipif(layout_dir() is None, reason="the shared checkpoint layouts are not here")
 
 
 def _shapes(model) -> dict[str, tuple]:

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 
 from models.geometry.encoder import DinoV2Config, DinoV2Encoder, resample_pos_embed
 
-LAYOUTS = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoint_layouts"
+from tests.checkpoint_layouts import layout_dir
+
+LAYOUTS = layout_dir() or Path("shared/checkpoint_layouts")
 TINY = dict(img_size=56, patch_size=14, embed_dim=64, depth=2, num_heads=4, num_register_tokens=4)
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,7 @@ from models.geometry.heads import (CameraHead, DPTHead, ResidualConvUnit, uv_gri
 from models.geometry.pose_encoding import (extri_intri_to_pose_encoding, mat_to_quat, pose_encoding_to_extri_intri,
                                            quat_to_mat)
 
-REPO = Path(__file__).resolve().parents[1]
-LAYOUT_DIRS = (REPO / "shared" / "checkpoint_layouts", REPO.parent / "shared" / "checkpoint_layouts")
+from tests.checkpoint_layouts import CANDIDATES as LAYOUT_DIRS
 HEADS = ("camera_head", "depth_head", "point_head")
 
 
