@@ -17,8 +17,9 @@ from tests.conftest import TINY_PLANNER, TINY_WORLD
 TINY_TRACKS = dict(workers=1, grid_size=8)
 TINY_TOKENIZER = dict(epochs=1, batch_size=8, hidden_dim=32, num_heads=2, decoder_mlp_hidden_dim=32)
 ALL_STAGES = {"synth_world", "gt_cache", "tracks", "train_tokenizer", "report_tokenizer", "train_planner",
-              "report_planner"}
+              "report_planner", "convert_weights"}
 PLANNER = {"train_planner", "report_planner"}
+GEOMETRY = {"convert_weights"}
 
 ROOT = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
@@ -118,7 +119,7 @@ def test_repro_then_noop_then_experiments(repo):
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo))
     files = next(iter(shown.values()))["data"]
     names = [name for f in files.values() for name, _ in _leaves(f["data"])]
-    assert len(files) == 5 and len(names) == len(set(names)), files  # one per stage with a headline
+    assert len(files) == 6 and len(names) == len(set(names)), files  # one per stage with a headline
     for path, f in files.items():
         for name, value in _leaves(f["data"]):
             assert type(value) in (int, float), (path, name, value)
@@ -133,7 +134,8 @@ def test_repro_then_noop_then_experiments(repo):
     _run(["dvc", "plots", "show", "-o", str(repo.parent / "plots")], repo)
     assert (repo.parent / "plots" / "index.html").stat().st_size > 0
 
-    assert _exp(repo, "synth.num_scenes=4") == ALL_STAGES
+    assert _exp(repo, "synth.num_scenes=4") == ALL_STAGES - GEOMETRY           # the conversion reads no data
+    assert _exp(repo, "convert.register_slots=[0,1,2,3]") == GEOMETRY
     assert _exp(repo, "cache.map_points=10") == {"gt_cache"} | PLANNER   # the planner reads the cache
     assert _exp(repo, "planner.use_rope=false") == PLANNER
     assert _exp(repo, "planner.figure_samples=2") == {"report_planner"}
