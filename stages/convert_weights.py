@@ -7,8 +7,9 @@ Reads ``convert.pi3`` (flat safetensors) and ``convert.page4d`` (a torch zip, st
 names inside ``convert.checkpoint_dir`` (the stage's data dependency); null = a seeded random checkpoint in that
 source's exact key layout at the configured size, written to a temporary folder and read back through the same
 reader (the report's first line says ``random sources``). Writes ``<out>/geometry_init.safetensors`` (loads into
-``GeometryModel`` with ``strict=True``, checked before anything is written) and ``<out>/provenance.json`` (one row per
-target tensor: source, source file, source key, transform, shape) atomically, and the headline counts by source to
+``GeometryModel`` with ``strict=True``, checked before anything is written), ``<out>/provenance.json`` and
+``provenance.tsv`` (one row per target tensor: source, source file, source key, transform, shape; the TSV's first
+line is the summary, ``random sources`` or ``real sources``) atomically, and the headline counts by source to
 ``--metrics``, with ``<metrics>_details.json`` beside it.
 """
 from __future__ import annotations
@@ -78,6 +79,10 @@ def _main(argv: list[str] | None) -> None:
     with atomic_dir(args.out) as out:
         save_file(state, str(out / "geometry_init.safetensors"), metadata={"provenance": first})
         write_json(out / "provenance.json", provenance)
+        lines = [f"# {first}", "target\tshape\tsource\tsource_file\tsource_key\ttransform"]
+        lines += [f"{r['target']}\t{r['shape']}\t{r['source']}\t{r['source_file']}\t{r['source_key']}\t"
+                  f"{r['transform']}" for r in provenance["rows"]]
+        (out / "provenance.tsv").write_text("\n".join(lines) + "\n")
     write_reports(args.metrics, headline, {"summary": first, **headline, "files": provenance["files"]})
     print(f"convert_weights: {first}\n  {len(rows)} tensors: {counts['pi3']} from Pi3, {counts['page4d']} from "
           f"PAGE-4D, {counts['fresh']} fresh; {headline['resampled']} pos_embed resampled -> {args.out}")

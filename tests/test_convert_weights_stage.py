@@ -33,6 +33,8 @@ def test_random_sources_by_default_then_the_same_files_as_real_ones(tmp_path):
     assert rc == 0
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["summary"].startswith("random sources: pi3, page4d")
+    tsv = (out / "provenance.tsv").read_text().splitlines()
+    assert tsv[0].startswith("# random sources") and len(tsv) == 2 + len(prov["rows"])
     head = json.loads((tmp_path / "random.json").read_text())
     assert head["random_sources"] == 2 and head["tensors"]["total"] == len(prov["rows"])
     state = load_file(str(out / "geometry_init.safetensors"))
