@@ -20,7 +20,9 @@ from stages._cli import guarded, load_params, show_progress, stage_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return guarded(_main, argv, (FileNotFoundError, ValueError))
+    from models.train import CheckpointError
+
+    return guarded(_main, argv, (FileNotFoundError, ValueError, CheckpointError))
 
 
 def _main(argv: list[str] | None) -> None:

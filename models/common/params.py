@@ -393,7 +393,8 @@ class GeometryParams:
     global_landmarks: int = _f(8, "landmarks: patches per frame (full size: 64)", min=1)
     global_stride: int = _f(2, "dilated: every stride-th patch row and column", min=1)
     global_memory: int = _f(16, "memory: memory tokens (full size: 256)", min=1)
-    epipolar: bool = _f(False, "epipolar prior in View-SA when calibration is given (a bias decreasing with the "
+    use_mask: bool = _f(True, "run the dynamic mask head and bias the two streams with it (false: no mask, no bias)")
+    epipolar: bool = _f(True, "epipolar prior in View-SA when calibration is given (a bias decreasing with the "
                         "distance to the epipolar line; strength learnable, 0 at init)")
     epipolar_sigma: float = _f(0.0, "epipolar prior width in pixels; 0 = the patch size", min=0.0)
     activation_checkpointing: bool = _f(False, "recompute each attention block in backward (training memory)")
@@ -428,6 +429,42 @@ class ConvertParams:
                 fail(key, "must be null or a file name inside convert.checkpoint_dir (so DVC watches it)")
 
 
+@dataclass(frozen=True)
+class TrainGeometryParams:
+    """Training and evaluation windows of the geometry model (stages train_geometry, report_geometry)."""
+
+    frames: int = _f(2, "T: consecutive key frames per window (2 Hz in nuScenes)", min=1)
+    cameras: list = _f(["CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
+                        "CAM_BACK_RIGHT"], "the V cameras of a window, in this order (view 0 is the reference)",
+                       item_choices=("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
+                                     "CAM_BACK_RIGHT"), min_len=1)
+    image_size: list = _f([84, 154], "[H, W] the images are resized to (multiples of geometry.patch_size)",
+                          length=2, item_min=14)
+    window_stride: int = _f(2, "key frames between training window starts (val windows do not overlap)", min=1)
+    scale: float = _f(10.0, "metres per model unit: depth, points and translations are divided by it in the loss "
+                      "and multiplied back before every metric (one global constant; nuScenes is metric)", gt=0.0)
+    camera_weight: float = _f(1.0, "weight of the camera (pose encoding) loss", min=0.0)
+    depth_weight: float = _f(1.0, "weight of the confidence-weighted depth loss (LiDAR supervision)", min=0.0)
+    points_weight: float = _f(1.0, "weight of the confidence-weighted world-point loss", min=0.0)
+    mask_weight: float = _f(1.0, "weight of the dynamic-mask loss against the synthetic world's exact masks; 0 = off",
+                            min=0.0)
+    pose_gamma: float = _f(0.6, "camera loss weight ratio between consecutive refinement iterations", gt=0.0)
+    conf_alpha: float = _f(0.2, "weight of -log(confidence) in the aleatoric depth / point losses", min=0.0)
+    epochs: int = _f(3, "passes over the training windows", min=1)
+    batch_size: int = _f(2, "windows per optimizer step (global under DDP)", min=1)
+    lr: float = _f(2.0e-3, "peak AdamW learning rate (a group's lr = lr * its multiplier)", gt=0.0)
+    lr_converted: float = _f(1.0, "lr multiplier of the converted encoder and Time-SA / View-SA blocks", min=0.0)
+    lr_heads: float = _f(1.0, "lr multiplier of the camera / depth / point heads", min=0.0)
+    lr_new: float = _f(5.0, "lr multiplier of the new parameters (mask head, gate, lambdas, epipolar, memory)",
+                       min=0.0)
+    weight_decay: float = _f(0.01, "AdamW weight decay (matrices only)", min=0.0)
+    warmup_steps: int = _f(10, "linear warm-up steps", min=0)
+    grad_clip: float = _f(1.0, "gradient-norm clip, 0 = off", min=0.0)
+    amp: bool = _f(False, "bf16 autocast on CPU (fp16 + GradScaler on CUDA)")
+    seed: int = _f(0, "seed of initialisation order and batch order", min=0)
+    figure_windows: int = _f(3, "validation windows drawn by report_geometry", min=0)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "synth": SynthParams,
@@ -437,6 +474,7 @@ SECTIONS: dict[str, type] = {
     "planner": PlannerParams,
     "geometry": GeometryParams,
     "convert": ConvertParams,
+    "train_geometry": TrainGeometryParams,
 }
 
 

@@ -17,7 +17,7 @@ where the rotation is the identity.
   points; one lambda per stream and attention kind, all initialised to 0 so a converted model computes what its
   sources computed. ``shared``: the same blocks run twice; ``separate``: the pose stream has its own copies
   (``pose_time_blocks`` / ``pose_view_blocks``, converted from the same source blocks); ``off``: one stream and no
-  bias (the mask is still predicted).
+  bias (the mask is still predicted). ``use_mask: false`` runs no mask head at all (no M, no bias; ``mask`` is None).
 
 * **Epipolar prior** (``epipolar``, with calibration given): in View-SA an additive bias
   ``-s (1 - exp(-d^2 / 2 sigma^2))`` between patches of different views, d the distance in pixels of the key
@@ -214,7 +214,7 @@ class Aggregator(nn.Module):
                         bias = None if not biased else self._strength(stream, "view") * key_mask
                         x = g(x, pos, self.patch_start_idx, score=mask, grid=(h, w), key_bias=bias)
                         parts[-1] = x
-                    if kind == "time" and layer == self.mask_layer - 1:
+                    if kind == "time" and layer == self.mask_layer - 1 and self.cfg.use_mask:
                         feats = x[:, :, :, self.patch_start_idx:].detach()               # [B, T, V, P, C]
                         mask_logits = self.spatial_mask_head(feats.reshape(B * T * V, h * w, -1), (h, w))
                         mask_logits = mask_logits.view(B, T, V, h * w)

@@ -47,6 +47,7 @@ class GeometryConfig:
     global_landmarks: int = 8           # landmarks: patches per frame (full: 64)
     global_stride: int = 2              # dilated: every stride-th patch row and column
     global_memory: int = 16             # memory: learnable memory tokens (full: 256)
+    use_mask: bool = True               # run the mask head and bias the streams with M
     epipolar: bool = False              # epipolar prior in View-SA when calibration is given (strength init 0)
     epipolar_sigma: float = 0.0         # pixels; 0 = the patch size
     activation_checkpointing: bool = False

@@ -12,7 +12,7 @@ no per-window normalisation (VGGT's mean-distance normalisation would make the u
   with c the predicted confidence (> 1).
 * **points**: the same form on world points (in the reference camera's frame) from the true depth.
 * **mask** (optional): binary cross-entropy of the dynamic-mask logits against the share of each patch covered by
-  the true dynamic mask (> 0.5 = dynamic).
+  the true dynamic mask (> 0.5 = dynamic), positives weighted by the batch's negative / positive ratio (<= 20).
 """
 from __future__ import annotations
 
@@ -42,9 +42,14 @@ def aleatoric_loss(pred: torch.Tensor, conf: torch.Tensor, target: torch.Tensor,
     return (conf * err * v).sum() / n - alpha * (torch.log(conf) * v).sum() / n
 
 
-def mask_loss(logits: torch.Tensor, dynamic_share: torch.Tensor) -> torch.Tensor:
-    """``logits`` [..., P]; ``dynamic_share`` [..., P] in [0, 1] (share of the patch on a moving object)."""
-    return F.binary_cross_entropy_with_logits(logits, (dynamic_share > 0.5).to(logits.dtype))
+def mask_loss(logits: torch.Tensor, dynamic_share: torch.Tensor, max_pos_weight: float = 20.0) -> torch.Tensor:
+    """``logits`` [..., P]; ``dynamic_share`` [..., P] in [0, 1] (share of the patch on a moving object). Moving
+    patches are rare (a few %), so positives are weighted by the batch's negative / positive ratio (at most
+    ``max_pos_weight``): a plain BCE is minimised by calling everything static."""
+    target = (dynamic_share > 0.5).to(logits.dtype)
+    pos = target.sum()
+    weight = ((target.numel() - pos) / pos.clamp_min(1.0)).clamp(1.0, max_pos_weight)
+    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight.detach())
 
 
 def depth_to_world_points(depth: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Tensor) -> torch.Tensor:

@@ -61,8 +61,9 @@ class GeometryModel(nn.Module):
 
         out = {"pose_enc": poses[-1], "pose_enc_list": poses, "extrinsics": grid(extri), "intrinsics": grid(intri),
                "depth": grid(depth), "depth_conf": grid(depth_conf), "world_points": grid(points),
-               "world_points_conf": grid(points_conf), "mask_logits": agg["mask_logits"][..., None],
-               "mask": agg["mask"][..., None]}
+               "world_points_conf": grid(points_conf),
+               "mask_logits": None if agg["mask"] is None else agg["mask_logits"][..., None],
+               "mask": None if agg["mask"] is None else agg["mask"][..., None]}
         if return_tokens:
             out["tokens"] = {"pose": agg["pose"], "geo": agg["geo"]}
         return out

@@ -45,10 +45,12 @@ def _predict(model: GeometryModel, item: dict, scale: float) -> dict:
     H, W = item["images"].shape[-2:]
     extr = out["extrinsics"][0].double().reshape(T * V, 3, 4).clone()
     extr[:, :, 3] *= scale
-    mask = upsample_patches(out["mask"][0, ..., 0], (H // model.cfg.patch_size, W // model.cfg.patch_size),
-                            model.cfg.patch_size)
+    mask = None
+    if out["mask"] is not None:
+        mask = upsample_patches(out["mask"][0, ..., 0], (H // model.cfg.patch_size, W // model.cfg.patch_size),
+                                model.cfg.patch_size).reshape(T * V, H, W).double().numpy()
     return {"depth": (out["depth"][0, ..., 0].double() * scale).reshape(T * V, H, W).numpy(),
-            "extrinsics": extr.numpy(), "mask": mask.reshape(T * V, H, W).double().numpy()}
+            "extrinsics": extr.numpy(), "mask": mask}
 
 
 def evaluate_split(cfg: GeometryConfig, p, cache_dir: str, init_path: str, model_path: str, figures_dir: Path,
@@ -104,7 +106,8 @@ def draw_window(folder: Path, index: int, item: dict, truth: dict, pred: dict) -
         axes[1, v].imshow(pd, vmin=0, vmax=vmax, cmap="magma_r")
         axes[2, v].imshow(np.where(gt > 0, gt, np.nan), vmin=0, vmax=vmax, cmap="magma_r")
         axes[3, v].imshow(err, vmin=0, vmax=vmax / 4, cmap="viridis")
-        axes[0, v].imshow(np.ma.masked_less(pred["mask"][v], 0.5), alpha=0.5, cmap="autumn", vmin=0, vmax=1)
+        if pred["mask"] is not None:
+            axes[0, v].imshow(np.ma.masked_less(pred["mask"][v], 0.5), alpha=0.5, cmap="autumn", vmin=0, vmax=1)
         for r, label in enumerate(("image + predicted mask", "predicted depth", "true depth", "|error|")):
             axes[r, v].set_xticks([])
             axes[r, v].set_yticks([])

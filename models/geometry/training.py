@@ -52,6 +52,7 @@ def targets(batch: dict, scale: float) -> dict:
 
 class GeometryTask(TrainTask):
     monitor, mode = "loss", "min"
+    find_unused_parameters = True      # DDP: the mask head, lambdas or epipolar strength may sit out a config
 
     def __init__(self, cfg: GeometryConfig, p, init_path: str | None):
         from .data import collate_windows
@@ -85,7 +86,7 @@ class GeometryTask(TrainTask):
                                          self.p.conf_alpha),
                  "points": aleatoric_loss(out["world_points"], out["world_points_conf"], tgt["points"],
                                           tgt["valid"], self.p.conf_alpha)}
-        if self.p.mask_weight > 0 and bool(batch["has_exact"].any()):
+        if self.p.mask_weight > 0 and out["mask_logits"] is not None and bool(batch["has_exact"].any()):
             share = patch_mask(batch["dynamic"].float(), self.cfg.patch_size)                 # [B, T, V, P]
             keep = batch["has_exact"].bool()
             terms["mask"] = mask_loss(out["mask_logits"][..., 0][keep], share[keep])
