@@ -16,10 +16,14 @@ from tests.conftest import TINY_PLANNER, TINY_WORLD
 
 TINY_TRACKS = dict(workers=1, grid_size=8)
 TINY_TOKENIZER = dict(epochs=1, batch_size=8, hidden_dim=32, num_heads=2, decoder_mlp_hidden_dim=32)
+TINY_GEOMETRY = dict(img_size=28, embed_dim=32, num_heads=2, encoder_depth=1, depth=2, pi3_layers=1,
+                     camera_trunk_depth=1, camera_iterations=1, dpt_features=8, dpt_out_channels=[4, 4, 8, 8])
+TINY_TRAIN_GEOMETRY = dict(cameras=["CAM_FRONT", "CAM_BACK"], image_size=[28, 42], epochs=1, batch_size=4,
+                           warmup_steps=1, figure_windows=1)
 ALL_STAGES = {"synth_world", "gt_cache", "tracks", "train_tokenizer", "report_tokenizer", "train_planner",
-              "report_planner", "convert_weights"}
+              "report_planner", "convert_weights", "train_geometry", "report_geometry"}
 PLANNER = {"train_planner", "report_planner"}
-GEOMETRY = {"convert_weights"}
+GEOMETRY = {"convert_weights", "train_geometry", "report_geometry"}
 
 ROOT = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
@@ -82,7 +86,8 @@ def repo(tmp_path_factory) -> Path:
     for key, value in TINY_WORLD.items():
         params["synth"][key] = value
     params["cache"]["workers"] = 1
-    for section, values in (("tracks", TINY_TRACKS), ("tokenizer", TINY_TOKENIZER), ("planner", TINY_PLANNER)):
+    for section, values in (("tracks", TINY_TRACKS), ("tokenizer", TINY_TOKENIZER), ("planner", TINY_PLANNER),
+                            ("geometry", TINY_GEOMETRY), ("train_geometry", TINY_TRAIN_GEOMETRY)):
         for key, value in values.items():
             params[section][key] = value
     with open(dst / "params.yaml", "w") as fh:
@@ -119,7 +124,7 @@ def test_repro_then_noop_then_experiments(repo):
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo))
     files = next(iter(shown.values()))["data"]
     names = [name for f in files.values() for name, _ in _leaves(f["data"])]
-    assert len(files) == 6 and len(names) == len(set(names)), files  # one per stage with a headline
+    assert len(files) == 7 and len(names) == len(set(names)), files  # one per stage with a headline
     for path, f in files.items():
         for name, value in _leaves(f["data"]):
             assert type(value) in (int, float), (path, name, value)
@@ -128,15 +133,15 @@ def test_repro_then_noop_then_experiments(repo):
 
     # plots: one loss chart per learned model (train and val, x = step), the figures as images
     plots = json.loads(_run(["dvc", "plots", "show", "--json"], repo))["data"]
-    assert {"tokenizer loss", "planner loss", "ego_mlp loss"} <= set(plots), sorted(plots)
+    assert {"tokenizer loss", "planner loss", "ego_mlp loss", "geometry loss"} <= set(plots), sorted(plots)
     assert not any("epoch" in name for name in plots), sorted(plots)
     assert any(name.startswith("reports/planner/figures/") and name.endswith(".png") for name in plots)
     _run(["dvc", "plots", "show", "-o", str(repo.parent / "plots")], repo)
     assert (repo.parent / "plots" / "index.html").stat().st_size > 0
 
-    assert _exp(repo, "synth.num_scenes=4") == ALL_STAGES - GEOMETRY           # the conversion reads no data
+    assert _exp(repo, "synth.num_scenes=4") == ALL_STAGES - {"convert_weights"}   # the conversion reads no data
     assert _exp(repo, "convert.register_slots=[0,1,2,3]") == GEOMETRY
-    assert _exp(repo, "cache.map_points=10") == {"gt_cache"} | PLANNER   # the planner reads the cache
+    assert _exp(repo, "cache.map_points=10") == {"gt_cache"} | PLANNER | (GEOMETRY - {"convert_weights"})
     assert _exp(repo, "planner.use_rope=false") == PLANNER
     assert _exp(repo, "planner.figure_samples=2") == {"report_planner"}
     assert _exp(repo, "tokenizer.loss=focal") == {"train_tokenizer", "report_tokenizer"}
