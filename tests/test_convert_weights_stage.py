@@ -16,6 +16,13 @@ GEOMETRY = {"img_size": 56, "embed_dim": 32, "num_heads": 2, "encoder_depth": 1,
             "camera_trunk_depth": 1, "camera_iterations": 1, "dpt_features": 16, "dpt_out_channels": [8, 8, 16, 16]}
 
 
+def _cfg() -> GeometryConfig:
+    """The stage's config: params defaults (epipolar on) with the tiny sizes."""
+    from models.common.params import parse_section
+
+    return GeometryConfig.from_params(parse_section("geometry", GEOMETRY))
+
+
 def _run(tmp_path, name, convert=None, geometry=None):
     params = tmp_path / f"{name}.yaml"
     with open(params, "w") as fh:
@@ -38,7 +45,7 @@ def test_random_sources_by_default_then_the_same_files_as_real_ones(tmp_path):
     head = json.loads((tmp_path / "random.json").read_text())
     assert head["random_sources"] == 2 and head["tensors"]["total"] == len(prov["rows"])
     state = load_file(str(out / "geometry_init.safetensors"))
-    cfg = GeometryConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in GEOMETRY.items()})
+    cfg = _cfg()
     assert GeometryModel(cfg).load_state_dict(state, strict=True)
     row = next(r for r in prov["rows"] if r["target"] == "aggregator.view_blocks.1.attn.qkv.weight")
     assert (row["source"], row["source_key"], row["transform"]) == ("pi3", "decoder.3.attn.qkv.weight", "copy")
@@ -57,7 +64,7 @@ def test_random_sources_by_default_then_the_same_files_as_real_ones(tmp_path):
 def test_a_bad_source_stops_the_stage_and_keeps_the_previous_output(tmp_path, capsys):
     from models.geometry.sources import write_random_sources
 
-    cfg = GeometryConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in GEOMETRY.items()})
+    cfg = _cfg()
     shapes = {k: tuple(v.shape) for k, v in GeometryModel(cfg).state_dict().items()}
     paths = write_random_sources(cfg, shapes, tmp_path / "ckpt", seed=0)
     pg = torch.load(paths["page4d"], weights_only=True)
