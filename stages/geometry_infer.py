@@ -10,7 +10,8 @@ The folder is read by :class:`models.sequences.MultiViewSequence` (either layout
 with the world = the window's camera (t=0, v=0), metres, ``intrinsics [T, V, 3, 3]`` (pixels of the resized
 images), ``mask [T, V, H, W]`` (the dynamic mask M, upsampled from patches) and ``times``; and, when the folder has
 depth and calibration, ``metrics.json`` with the same depth / camera / mask metrics as ``report_geometry`` against
-the folder's depth, extrinsics and masks.
+the folder's depth, extrinsics and masks. ``--external-mask`` feeds the folder's masks to the model as the external
+mask ``M_ext`` (fused with the predicted mask; the mask metric is then left out).
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def _main(argv: list[str] | None) -> None:
     ap.add_argument("--model", default="data/models/geometry/final.safetensors")
     ap.add_argument("--out", default=None)
     ap.add_argument("--depth-unit", type=float, default=1.0, help="metres per stored depth unit of the folder")
+    ap.add_argument("--external-mask", action="store_true", help="feed the folder's dynamic masks to the model as "
+                    "M_ext (then they are no truth for the mask metric, which is left out)")
     args = ap.parse_args(argv)
     geometry, p = load_params(args, "geometry", "train_geometry")
     from models.geometry.config import GeometryConfig
@@ -41,7 +44,8 @@ def _main(argv: list[str] | None) -> None:
     from models.geometry.infer import infer_sequence
 
     out = Path(args.out) if args.out else Path("data/geometry_infer") / Path(args.sequence).resolve().name
-    summary = infer_sequence(cfg, p, args.sequence, args.model, out, depth_unit=args.depth_unit)
+    summary = infer_sequence(cfg, p, args.sequence, args.model, out, depth_unit=args.depth_unit,
+                             external_mask=args.external_mask)
     print(f"geometry_infer: {summary['windows']} windows of {summary['frames']} times x {summary['views']} views "
           f"-> {out}" + (f"; depth AbsRel {summary['headline']['depth_abs_rel']:.3f}, AUC@30 "
                          f"{summary['headline']['auc30']:.3f}" if summary.get("headline") else "; no truth in the "

@@ -90,6 +90,14 @@ def test_inference_on_a_sequence_folder_with_metrics(trained, tmp_path):
     with np.load(out / "window_000.npz") as z:
         assert z["depth"].shape == (2, 2, 28, 42) and z["extrinsics"].shape == (2, 2, 3, 4)
         assert (z["depth"] > 0).all()
+    plain = np.load(out / "window_000.npz")["mask"]
+    rc = geometry_infer.main(["--params", str(trained / "params.yaml"), "--sequence", str(seq), "--model",
+                              str(trained / "model" / "final.safetensors"), "--out", str(tmp_path / "ext"),
+                              "--external-mask"])
+    fused = json.loads((tmp_path / "ext" / "metrics.json").read_text())
+    assert rc == 0 and fused["external_mask"] and "mask_iou" not in fused["headline"]
+    with np.load(tmp_path / "ext" / "window_000.npz") as z:
+        assert not np.array_equal(z["mask"], plain) and np.array_equal(z["depth"].shape, (2, 2, 28, 42))
     rc = geometry_infer.main(["--params", str(trained / "params.yaml"), "--sequence", str(tmp_path / "nothing"),
                               "--model", str(trained / "model" / "final.safetensors"), "--out", str(tmp_path / "x")])
     assert rc == 1 and not (tmp_path / "x").exists()
