@@ -35,7 +35,10 @@ def _main(argv: list[str] | None) -> None:
     geometry, p = load_params(args, "geometry", "train_geometry")
     from models.geometry.config import GeometryConfig
 
+    from models.geometry.windows import check_input
+
     cfg = GeometryConfig.from_params(geometry)
+    check_input(p, args.cache)
 
     from models.common.io import atomic_dir, write_json
     from models.geometry.report import evaluate_split

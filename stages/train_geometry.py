@@ -35,7 +35,10 @@ def _main(argv: list[str] | None) -> None:
     geometry, p = load_params(args, "geometry", "train_geometry")
     from models.geometry.config import GeometryConfig
 
+    from models.geometry.windows import check_input
+
     cfg = GeometryConfig.from_params(geometry)           # architecture rules, before any work
+    check_input(p, args.cache)
 
     from models.geometry.training import GeometryTask, geometry_train_config
     from models.geometry.windows import open_windows

@@ -24,14 +24,15 @@ TRAIN = {"frames": 2, "cameras": ["CAM_FRONT", "CAM_BACK"], "image_size": [28, 4
 
 
 @pytest.fixture(scope="module")
-def trained(synth_cache, tmp_path_factory):
+def trained(synth_cache, synth_dataroot, tmp_path_factory):
     from stages import convert_weights, report_geometry, train_geometry
 
     root = tmp_path_factory.mktemp("geometry_stages")
     (root / "ckpt").mkdir()
     params = root / "params.yaml"
     with open(params, "w") as fh:
-        YAML(typ="safe", pure=True).dump({"geometry": GEOMETRY, "train_geometry": TRAIN,
+        YAML(typ="safe", pure=True).dump({"geometry": GEOMETRY,
+                                          "train_geometry": {**TRAIN, "input": f"{synth_dataroot}/v1.0-synth"},
                                           "convert": {"checkpoint_dir": str(root / "ckpt")}}, fh)
     common = ["--params", str(params), "--no-progress"]
     assert convert_weights.main(common + ["--out", str(root / "weights"), "--metrics", ""]) == 0
@@ -101,6 +102,66 @@ def test_inference_on_a_sequence_folder_with_metrics(trained, tmp_path):
     rc = geometry_infer.main(["--params", str(trained / "params.yaml"), "--sequence", str(tmp_path / "nothing"),
                               "--model", str(trained / "model" / "final.safetensors"), "--out", str(tmp_path / "x")])
     assert rc == 1 and not (tmp_path / "x").exists()
+
+
+def test_train_and_report_on_sequence_folders(trained, tmp_path):
+    """source sequences: two generated folders train, one validates; its depth, poses and masks score the model;
+    with external_mask the masks are the model's input and the mask metric is left out."""
+    from models.sequences.demo import write_demo_sequence
+    from stages import report_geometry, train_geometry
+
+    root = tmp_path / "seqs"
+    for k, name in enumerate(("lab_a", "lab_b", "lab_c")):
+        write_demo_sequence(root / name, times=4, views=2, width=84, height=56, seed=k, depth_unit=0.001)
+    init = str(trained / "weights" / "geometry_init.safetensors")
+    seq = {"source": "sequences", "input": str(root), "depth_unit": 0.001, "val_sequences": ["lab_b"],
+           "batch_size": 2}
+    heads = {}
+    for ext in (False, True):
+        params = tmp_path / f"params_{ext}.yaml"
+        with open(params, "w") as fh:
+            YAML(typ="safe", pure=True).dump({"geometry": GEOMETRY, "train_geometry": {**TRAIN, **seq,
+                                                                                       "external_mask": ext}}, fh)
+        common = ["--params", str(params), "--no-progress"]
+        out = tmp_path / f"run_{ext}"
+        assert train_geometry.main(common + ["--init", init, "--out", str(out / "model"), "--live",
+                                             str(out / "live")]) == 0
+        assert report_geometry.main(common + ["--init", init, "--model", str(out / "model" / "final.safetensors"),
+                                              "--out", str(out / "report")]) == 0
+        heads[ext] = json.loads((out / "report" / "metrics.json").read_text())
+        details = json.loads((out / "report" / "details.json").read_text())
+        assert details["sequences"] == ["lab_b"] and details["windows"] == 2        # 4 times, frames 2, no overlap
+        assert "sequence folder's depth" in details["truth"]
+        logged = {f.stem for f in (out / "live" / "plots" / "metrics" / "train").glob("*.tsv")}
+        assert ("mask" in logged) is (not ext)                                    # folder masks supervise unless fed
+    assert "mask_iou" in heads[False]["model"] and "mask_iou" not in heads[True]["model"]
+    for ext in (False, True):
+        assert all(np.isfinite(v) for v in heads[ext]["model"].values())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"val_sequences": ["nope"]}, "val_sequences names ['nope']"),
+    ({"val_sequences": ["lab_a", "lab_b"]}, "leaves no sequence"),
+    ({"input": "MISSING"}, "no such folder"),
+    ({"source": "nuscenes", "input": "somewhere/else", "depth_unit": 1.0}, "must be <data.dataroot>/<data.version>"),
+])
+def test_sequence_source_refuses_bad_setups(trained, synth_cache, tmp_path, capsys, change, message):
+    from models.sequences.demo import write_demo_sequence
+    from stages import train_geometry
+
+    root = tmp_path / "seqs"
+    for k, name in enumerate(("lab_a", "lab_b")):
+        write_demo_sequence(root / name, times=3, views=2, width=42, height=28, seed=k)
+    tp = {**TRAIN, "source": "sequences", "input": str(root), **change}
+    if tp["input"] == "MISSING":
+        tp["input"] = str(tmp_path / "missing")
+    params = tmp_path / "params.yaml"
+    with open(params, "w") as fh:
+        YAML(typ="safe", pure=True).dump({"geometry": GEOMETRY, "train_geometry": tp}, fh)
+    rc = train_geometry.main(["--params", str(params), "--no-progress", "--cache", str(synth_cache), "--init",
+                              str(trained / "weights" / "geometry_init.safetensors"), "--out", str(tmp_path / "m")])
+    assert rc in (1, 2) and message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_losses_by_hand():

@@ -433,6 +433,16 @@ class ConvertParams:
 class TrainGeometryParams:
     """Training and evaluation windows of the geometry model (stages train_geometry, report_geometry)."""
 
+    source: str = _f("nuscenes", "windows from the GT cache and its dataroot (nuscenes) or from multi-view sequence "
+                     "folders (sequences: train_geometry.input, docs/sequences.md)", choices=("nuscenes", "sequences"))
+    input: str = _f("data/nuscenes/v1.0-synth", "what the stage reads and DVC watches: <data.dataroot>/<data.version> "
+                    "for source nuscenes (checked); for sequences a folder of multi-view sequence folders")
+    val_sequences: list | None = _f(None, "sequences: names of the sequence folders that form val (the others "
+                                    "train); null = the last folder in sorted order")
+    depth_unit: float = _f(1.0, "sequences: metres per stored depth unit (0.001 for millimetre PNGs)", gt=0.0)
+    masks: str = _f("masks", "sequences: the dynamic-mask folder inside each sequence (masks/view_<k>/<t>.png)")
+    external_mask: bool = _f(False, "sequences: feed the folder's masks to the model as M_ext (e.g. SegAnyMo's), in "
+                             "training and evaluation; the mask loss and mask metric are then left out")
     frames: int = _f(2, "T: consecutive key frames per window (2 Hz in nuScenes)", min=1)
     cameras: list = _f(["CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
                         "CAM_BACK_RIGHT"], "the V cameras of a window, in this order (view 0 is the reference)",
@@ -463,6 +473,26 @@ class TrainGeometryParams:
     amp: bool = _f(False, "bf16 autocast on CPU (fp16 + GradScaler on CUDA)")
     seed: int = _f(0, "seed of initialisation order and batch order", min=0)
     figure_windows: int = _f(3, "validation windows drawn by report_geometry", min=0)
+
+    def validate(self) -> None:
+        def fail(key: str, why: str):
+            raise ParamsError(f"params: train_geometry.{key} = {getattr(self, key)!r}: {why}")
+
+        if not isinstance(self.input, str) or not self.input:
+            fail("input", "must be a non-empty path string")
+        if not isinstance(self.masks, str) or not self.masks or Path(self.masks).is_absolute() \
+                or ".." in Path(self.masks).parts:
+            fail("masks", "must be a folder name inside each sequence folder, without '..'")
+        if self.val_sequences is not None and (
+                not isinstance(self.val_sequences, list) or not self.val_sequences
+                or any(not isinstance(n, str) or not n for n in self.val_sequences)
+                or len(set(self.val_sequences)) != len(self.val_sequences)):
+            fail("val_sequences", "must be null or a non-empty list of distinct sequence folder names")
+        if self.source == "nuscenes":
+            for key, default in (("val_sequences", None), ("external_mask", False)):
+                if getattr(self, key) != default:
+                    fail(key, "is for source sequences; the nuscenes source uses the dataroot's official splits "
+                              "and has no external masks")
 
 
 SECTIONS: dict[str, type] = {

@@ -28,19 +28,23 @@ def _load(cfg: GeometryConfig, path: str) -> GeometryModel:
     return model.eval()
 
 
-def _truth(item: dict) -> dict:
+def _truth(item: dict, external_mask: bool = False) -> dict:
+    """Exact depth and masks where the world gives them, else the LiDAR / folder depth and the folder's masks
+    (none when those masks were the model's input, ``external_mask``)."""
     T, V = item["images"].shape[:2]
     exact = bool(item["has_exact"])
     depth = item["depth_exact"] if exact else item["depth"]
+    scored_mask = bool(item["has_dynamic"]) and not external_mask
     return {"depth": np.asarray(depth, np.float64).reshape(T * V, *depth.shape[-2:]),
             "extrinsics": np.asarray(item["extrinsics"], np.float64).reshape(T * V, 3, 4),
-            "dynamic": np.asarray(item["dynamic"]).reshape(T * V, *depth.shape[-2:]) if exact else None}
+            "dynamic": np.asarray(item["dynamic"]).reshape(T * V, *depth.shape[-2:]) if scored_mask else None}
 
 
-def _predict(model: GeometryModel, item: dict, scale: float) -> dict:
+def _predict(model: GeometryModel, item: dict, scale: float, external_mask: bool = False) -> dict:
     batch = collate_windows([item])
     with torch.no_grad():
-        out = model(batch["images"], intrinsics=batch["intrinsics"][:, 0], cam_to_ref=batch["cam_to_ref"])
+        out = model(batch["images"], external_mask=batch["dynamic"].float() if external_mask else None,
+                    intrinsics=batch["intrinsics"][:, 0], cam_to_ref=batch["cam_to_ref"])
     T, V = item["images"].shape[:2]
     H, W = item["images"].shape[-2:]
     extr = out["extrinsics"][0].double().reshape(T * V, 3, 4).clone()
@@ -65,9 +69,9 @@ def evaluate_split(cfg: GeometryConfig, p, cache_dir: str, init_path: str, model
     figures = []
     for i in tqdm(range(len(val)), desc="report_geometry", unit="window", disable=not progress, leave=False):
         item = val[i]
-        truth = _truth(item)
+        truth = _truth(item, p.external_mask)
         T, V = item["images"].shape[:2]
-        preds = {name: _predict(m, item, p.scale) for name, m in models.items()}
+        preds = {name: _predict(m, item, p.scale, p.external_mask) for name, m in models.items()}
         for name, pred in preds.items():
             scores[name].add(pred["depth"], pred["extrinsics"], pred["mask"], truth)
         identity = np.tile(np.eye(3, 4), (T * V, 1, 1))
@@ -77,11 +81,21 @@ def evaluate_split(cfg: GeometryConfig, p, cache_dir: str, init_path: str, model
     results = {name: s.result() for name, s in scores.items()}
     head = {name: headline(r) for name, r in results.items()}
     details = {"windows": len(val), "frames": p.frames, "cameras": list(p.cameras), "image_size": list(p.image_size),
-               "truth": "exact dense depth and dynamic masks (synthetic world)" if bool(val[0]["has_exact"])
-               else "LiDAR depth", "baseline": "per-camera per-pixel mean training LiDAR depth; identity poses; "
+               "source": p.source, "sequences": getattr(val, "sequences", None), "external_mask": p.external_mask,
+               "truth": _truth_text(val[0], p), "baseline": "per-camera per-pixel mean training LiDAR depth; identity poses; "
                                              "no dynamic pixel", "predictors": results, "figures": figures,
                "skipped": getattr(val, "skipped", {})}
     return {"headline": head, "details": details}
+
+
+def _truth_text(item: dict, p) -> str:
+    if bool(item["has_exact"]):
+        return "exact dense depth and dynamic masks (synthetic world)"
+    if p.source == "nuscenes":
+        return "LiDAR depth"
+    masks = ("none scored: the folder's masks were the model's input (external_mask)" if p.external_mask
+             else "the folder's masks" if bool(item["has_dynamic"]) else "none in the folder")
+    return f"the sequence folder's depth (depth_unit {p.depth_unit} m) and camera poses; dynamic masks: {masks}"
 
 
 def draw_window(folder: Path, index: int, item: dict, truth: dict, pred: dict) -> str:

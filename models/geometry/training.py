@@ -4,7 +4,8 @@ Parameter groups (each split into decay / no-decay, with its own learning-rate m
 ``converted`` (the encoder, Time-SA / View-SA blocks, sparse global blocks, camera and register tokens: what Pi3 and
 PAGE-4D trained), ``heads`` (camera, depth, point heads) and ``new`` (mask head, mask gate, lambdas, epipolar
 strength, memory tokens). Losses: :mod:`models.geometry.losses`; depth supervision is LiDAR projected into each
-camera (what real nuScenes has), the mask loss (optional) uses the synthetic world's exact dynamic masks.
+camera (what real nuScenes has) or a sequence folder's depth; the mask loss (optional) uses the synthetic world's
+exact dynamic masks or a folder's masks, unless those masks are the model's input (``external_mask``).
 """
 from __future__ import annotations
 
@@ -76,7 +77,10 @@ class GeometryTask(TrainTask):
                  **({} if decay else {"weight_decay": 0.0})} for (g, decay), ps in sorted(groups.items())]
 
     def forward(self, model, batch) -> dict:
-        return model(batch["images"], intrinsics=batch["intrinsics"][:, 0], cam_to_ref=batch["cam_to_ref"])
+        """``train_geometry.external_mask``: the sequence folder's masks enter the model as ``M_ext``."""
+        ext = batch["dynamic"].float() if self.p.external_mask else None                # [B, T, V, H, W]
+        return model(batch["images"], external_mask=ext, intrinsics=batch["intrinsics"][:, 0],
+                     cam_to_ref=batch["cam_to_ref"])
 
     def loss(self, model, batch):
         out = self.forward(model, batch)
@@ -86,9 +90,10 @@ class GeometryTask(TrainTask):
                                          self.p.conf_alpha),
                  "points": aleatoric_loss(out["world_points"], out["world_points_conf"], tgt["points"],
                                           tgt["valid"], self.p.conf_alpha)}
-        if self.p.mask_weight > 0 and out["mask_logits"] is not None and bool(batch["has_exact"].any()):
+        if (self.p.mask_weight > 0 and not self.p.external_mask and out["mask_logits"] is not None
+                and bool(batch["has_dynamic"].any())):
             share = patch_mask(batch["dynamic"].float(), self.cfg.patch_size)                 # [B, T, V, P]
-            keep = batch["has_exact"].bool()
+            keep = batch["has_dynamic"].bool()
             terms["mask"] = mask_loss(out["mask_logits"][..., 0][keep], share[keep])
         weights = {"camera": self.p.camera_weight, "depth": self.p.depth_weight, "points": self.p.points_weight,
                    "mask": self.p.mask_weight}

@@ -1,0 +1,1 @@
+"""Vectorised map detector: Q-Former + frozen language model + map queries + map decoder."""
