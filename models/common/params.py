@@ -495,6 +495,92 @@ class TrainGeometryParams:
                               "and has no external masks")
 
 
+@dataclass(frozen=True)
+class MapDetParams:
+    """The map detector: image encoder + Q-Former + frozen language model + map queries + map decoder (stages
+    train_mapdet, report_mapdet). The seed's sizes are ``MapDetConfig.full_size()`` (EVA ViT-g 336 px, BLIP-2's
+    Q-Former 768 x 12 with 32 queries, LLaMA-2-7B, 50 x 20 queries); the default is small enough for a CPU."""
+
+    cameras: list = _f(["CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
+                        "CAM_BACK_RIGHT"], "cameras of a key frame, in this order (each gets a camera embedding)",
+                       item_choices=("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
+                                     "CAM_BACK_RIGHT"), min_len=1)
+    image_size: int = _f(112, "square side S the images are resized to (seed 336), a multiple of patch_size", min=14)
+    image_cache_mb: int = _f(1024, "decode every resized image once when all of them fit in this many MiB", min=0)
+    patch_size: int = _f(14, "image encoder patch side (BLIP-2's EVA ViT: 14)", min=1)
+    vision_width: int = _f(48, "image encoder width (EVA ViT-g 1408)", min=1)
+    vision_layers: int = _f(2, "image encoder blocks (EVA ViT-g in BLIP-2: 39)", min=1)
+    vision_heads: int = _f(4, "image encoder heads (16)", min=1)
+    vision_intermediate: int = _f(96, "image encoder MLP width (6144)", min=1)
+    freeze_encoder: bool = _f(True, "keep the image encoder frozen (the seed)")
+    qformer_width: int = _f(64, "Q-Former hidden size (BLIP-2 768)", min=1)
+    qformer_layers: int = _f(2, "Q-Former layers (12)", min=1)
+    qformer_heads: int = _f(4, "Q-Former heads (12)", min=1)
+    qformer_intermediate: int = _f(128, "Q-Former FFN width (3072)", min=1)
+    cross_attention_frequency: int = _f(2, "a Q-Former layer cross-attends the images every this many layers (2)",
+                                        min=1)
+    qformer_encoder_width: int = _f(48, "width the Q-Former's cross-attention K/V read (BLIP-2 1408); a different "
+                                    "vision_width adds a trainable projection in front, keeping BLIP-2's K/V", min=1)
+    num_query_tokens: int = _f(16, "Q-Former query tokens = visual tokens the language model reads (BLIP-2 32)",
+                               min=1)
+    lm_type: str = _f("llama", "language model family", choices=("llama", "qwen2"))
+    lm_width: int = _f(64, "language model hidden size (LLaMA-2-7B 4096, Qwen2-7B 3584)", min=1)
+    lm_layers: int = _f(2, "language model layers (32 / 28)", min=1)
+    lm_heads: int = _f(4, "attention heads (32 / 28)", min=1)
+    lm_kv_heads: int = _f(4, "key/value heads (32 / 4)", min=1)
+    lm_intermediate: int = _f(172, "SwiGLU width (11008 / 18944)", min=1)
+    lm_vocab: int = _f(256, "vocabulary rows (32000 / 152064); the random default LM reads UTF-8 bytes", min=1)
+    lm_max_positions: int = _f(1024, "context length; [visual; prompt; queries] must fit (4096 / 131072)", min=1)
+    lm_rope_theta: float = _f(10000.0, "RoPE base (10000 / 1e6)", gt=0.0)
+    lm_rms_eps: float = _f(1.0e-5, "RMSNorm epsilon (1e-5 / 1e-6)", gt=0.0)
+    freeze_lm: bool = _f(True, "keep the language model frozen (no gradient to its weights, no optimiser state; "
+                         "gradients still flow through it); false trains it at lr_lm")
+    blip2_checkpoint: str | None = _f(None, "folder of a real BLIP-2 checkpoint (vision_model.* + query_tokens + "
+                                      "qformer.*, e.g. Salesforce/blip2-opt-2.7b); null = seeded random tensors in "
+                                      "its layout (flagged in the provenance)")
+    lm_checkpoint: str | None = _f(None, "folder of a real LLaMA / Qwen2 checkpoint with its tokenizer; null = "
+                                   "seeded random tensors in the layout (flagged)")
+    prompt: str = _f("Detect the map elements: lane dividers, pedestrian crossings and road boundaries.",
+                     "the text the language model reads between the visual tokens and the map queries")
+    num_instances: int = _f(30, "map query instances I (MapTR 50); the model predicts I elements", min=1)
+    decoder_width: int = _f(64, "map decoder width", min=1)
+    decoder_layers: int = _f(1, "map decoder transformer blocks over the I x P query states", min=0)
+    decoder_heads: int = _f(4, "map decoder heads", min=1)
+    cls_weight: float = _f(2.0, "focal classification weight (MapTR 2) in the loss and the matching cost", min=0.0)
+    pts_weight: float = _f(5.0, "point L1 weight (MapTR 5) in the loss and the matching cost", min=0.0)
+    dir_weight: float = _f(0.005, "edge-direction loss weight (MapTR 0.005)", min=0.0)
+    epochs: int = _f(20, "passes over the training samples (seed 24)", min=1)
+    batch_size: int = _f(4, "samples per optimizer step (global under DDP; seed 4)", min=1)
+    lr_qformer: float = _f(2.0e-4, "Q-Former group lr (seed 1e-5 for a pretrained BLIP-2 Q-Former; the default "
+                           "one is random, so it learns from scratch)", gt=0.0)
+    lr_queries: float = _f(1.0e-3, "map-query group lr (seed 1e-4)", gt=0.0)
+    lr_decoder: float = _f(1.0e-3, "decoder group lr (seed 1e-4)", gt=0.0)
+    lr_lm: float = _f(1.0e-4, "language model lr when freeze_lm is false", gt=0.0)
+    weight_decay: float = _f(0.01, "AdamW weight decay on every trained parameter (seed 0.01)", min=0.0)
+    warmup_steps: int = _f(50, "linear warm-up steps (seed 500)", min=0)
+    grad_clip: float = _f(0.1, "gradient-norm clip (seed 0.1), 0 = off", min=0.0)
+    amp: bool = _f(False, "mixed precision: bf16 autocast on CPU, fp16 + GradScaler on CUDA (the seed)")
+    keep_every_epochs: int = _f(0, "also keep epoch_NNNN.safetensors every N epochs (last.safetensors is written "
+                                "every epoch for resume); 0 = never", min=0)
+    seed: int = _f(0, "seed of initialisation, random sources and batch order", min=0)
+    figure_samples: int = _f(4, "validation samples drawn by report_mapdet", min=0)
+
+    def validate(self) -> None:
+        def fail(key: str, why: str):
+            raise ParamsError(f"params: mapdet.{key} = {getattr(self, key)!r}: {why}")
+
+        if self.image_size % self.patch_size:
+            fail("image_size", f"must be a multiple of patch_size = {self.patch_size}")
+        if len(set(self.cameras)) != len(self.cameras):
+            fail("cameras", "must not repeat a camera")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            fail("prompt", "must be a non-empty string")
+        for key in ("blip2_checkpoint", "lm_checkpoint"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                fail(key, "must be a folder path or null")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "synth": SynthParams,
@@ -505,6 +591,7 @@ SECTIONS: dict[str, type] = {
     "geometry": GeometryParams,
     "convert": ConvertParams,
     "train_geometry": TrainGeometryParams,
+    "mapdet": MapDetParams,
 }
 
 

@@ -325,7 +325,7 @@ class _Plan:
 
 def _account(index: SafetensorsIndex, target: Mapping[str, tuple], to_target, ignores: Iterable[tuple[str, str]],
              what: str, reinitialise: Iterable[str] = (), aliased: Iterable[str] = (),
-             hints: Iterable[str] = ()) -> _Plan:
+             hints: Iterable[str] = (), to_file=None) -> _Plan:
     """Strict accounting (§4.4): every file key is loaded or declared ignored, every target key is loaded, declared
     re-initialised or aliased, and the shapes agree. One error names every culprit."""
     reinit, alias = set(reinitialise), set(aliased)
@@ -343,7 +343,7 @@ def _account(index: SafetensorsIndex, target: Mapping[str, tuple], to_target, ig
         else:
             skipped.setdefault(reason, []).append(k)
     covered = set(load.values()) | reinit | alias
-    missing = [t for t in target if t not in covered]
+    missing = [to_file(t) if to_file else t for t in target if t not in covered]
     shapes = [f"{k} ({index.where(k)}): file {list(index.entries[k].shape)} vs model {list(target[t])}"
               for k, t in load.items() if tuple(index.entries[k].shape) != tuple(target[t])]
     problems = [f"shape mismatch: {_listed(shapes)}"] if shapes else []
@@ -388,14 +388,16 @@ def num_query_tokens_from_folder(folder: str | Path) -> int | None:
 
 
 def _qformer_config_problems(config, where: str, shapes: Mapping[str, tuple], index: SafetensorsIndex,
-                             num_query_tokens: int | None) -> list[str]:
+                             num_query_tokens: int | None, tokens_where: str,
+                             reinitialise: Iterable[str] = ()) -> list[str]:
     """Disagreements between a Q-Former config (``where`` names it) and the tensor shapes, each naming the field and
     the tensor (§4.8)."""
-    out = []
+    out, fresh = [], set(reinitialise)
 
     def field_vs(name: str, value, key: str, found, how: str):
-        if value is not None and found != value:
-            out.append(f"{where}.{name} = {value} but {key} ({index.where(key)}) has shape {list(shapes[key])} "
+        if value is not None and found != value and key not in fresh:   # a re-initialised tensor may differ
+            label = name if " " in name else f"{where}.{name}"
+            out.append(f"{label} = {value} but {key} ({index.where(key)}) has shape {list(shapes[key])} "
                        f"-> {how} {found}")
 
     if "qformer.layernorm.weight" in shapes:
@@ -403,7 +405,7 @@ def _qformer_config_problems(config, where: str, shapes: Mapping[str, tuple], in
                  shapes["qformer.layernorm.weight"][0], "hidden size")
     if "query_tokens" in shapes and len(shapes["query_tokens"]) == 3:
         field_vs("hidden_size", config.hidden_size, "query_tokens", shapes["query_tokens"][2], "hidden size")
-        field_vs("num_query_tokens", num_query_tokens, "query_tokens", shapes["query_tokens"][1], "query tokens")
+        field_vs(tokens_where, num_query_tokens, "query_tokens", shapes["query_tokens"][1], "query tokens")
     pat = re.compile(r"^qformer\.encoder\.layer\.(\d+)\.")
     layers = sorted({int(m.group(1)) for k in shapes if (m := pat.match(k))})
     if layers:
@@ -454,11 +456,14 @@ def load_qformer(folder: str | Path, qformer: nn.Module, query_tokens: nn.Parame
     if query_tokens.device.type == "meta":
         raise CheckpointFolderError(f"{index.folder}: query_tokens is on the meta device; materialise it first")
     problems = _qformer_config_problems(qformer.config, f"{type(qformer).__name__}.config", shapes, index,
-                                        query_tokens.shape[1] if query_tokens.dim() == 3 else None)
+                                        query_tokens.shape[1] if query_tokens.dim() == 3 else None,
+                                        f"the query_tokens Parameter {list(query_tokens.shape)}: token count",
+                                        reinitialise)
     folder_cfg = qformer_config_from_folder(index.folder)
     if folder_cfg is not None:
-        problems += _qformer_config_problems(folder_cfg, f"{index.folder / CONFIG_NAME} qformer_config", shapes,
-                                             index, num_query_tokens_from_folder(index.folder))
+        problems += _qformer_config_problems(folder_cfg, f"{CONFIG_NAME} qformer_config", shapes, index,
+                                             num_query_tokens_from_folder(index.folder),
+                                             f"{CONFIG_NAME} num_query_tokens")
     if problems:
         raise CheckpointFolderError(f"{index.folder}: Q-Former config disagrees with the tensor shapes: "
                                     + "; ".join(problems))
@@ -610,10 +615,9 @@ def load_language_model(folder: str | Path, dtype: torch.dtype = torch.float32, 
     config._attn_implementation = attn_implementation
     shapes = index.shapes()
     file_prefix = "model." if any(k.startswith("model.") for k in shapes) else ""
-    problems, derived = _lm_config_problems(config, str(cfg_path), shapes, index, file_prefix)
+    problems, derived = _lm_config_problems(config, CONFIG_NAME, shapes, index, file_prefix)
     if problems:
-        raise CheckpointFolderError(f"{cfg_path}: config disagrees with the tensor shapes of {index.folder}: "
-                                    + "; ".join(problems))
+        raise CheckpointFolderError(f"{cfg_path}: the config disagrees with the tensor shapes: " + "; ".join(problems))
     tied = bool(config.tie_word_embeddings)
     head_in_file = "lm_head.weight" in shapes
     if keep_lm_head and not tied and not head_in_file:
@@ -639,7 +643,10 @@ def load_language_model(folder: str | Path, dtype: torch.dtype = torch.float32, 
             ignores.append((LM_HEAD_TIED_SKIP, r"^lm_head\.weight$"))
     elif not keep_lm_head:
         ignores.append((LM_HEAD_SKIP, r"^lm_head\.weight$"))
-    plan = _account(index, target, to_target, ignores, type(model).__name__, aliased=aliased)
+    def to_file(t: str) -> str:
+        return t if t == "lm_head.weight" else file_prefix + t[len(target_prefix):]
+
+    plan = _account(index, target, to_target, ignores, type(model).__name__, aliased=aliased, to_file=to_file)
 
     by_file: dict[str, list[str]] = {}
     for k in plan.load:

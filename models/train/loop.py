@@ -295,6 +295,9 @@ def _train(task, train_set, val_set, cfg: TrainConfig, out_dir: Path, live_dir: 
                 if evaluated:
                     live.log({f"val/{k}": v for k, v in val.items()}, step)
                 live.flush()
+                line = task.epoch_log(epoch + 1, train_logs, val if evaluated else {}, lrs)
+                if line:
+                    tqdm.write(line)
             last_good, good_epoch = last, epoch + 1
         final = out_dir / "final.safetensors"
         if env.is_main and start_epoch == cfg.epochs and not final.is_file():  # died between last and final

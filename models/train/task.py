@@ -47,6 +47,11 @@ class TrainTask(abc.ABC):
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalar loss to minimise (a mean over the batch) and named float components to log."""
 
+    def epoch_log(self, epoch: int, train_logs: dict[str, float], val: dict[str, float],
+                  lrs: dict[str, float]) -> str | None:
+        """One line the loop prints (rank 0) after each epoch's validation; None: nothing."""
+        return None
+
     @abc.abstractmethod
     def evaluate(self, model: nn.Module, loader: torch.utils.data.DataLoader) -> dict[str, float]:
         """Validation metrics over ``loader`` (per-sample means if ``shard_eval``); must hold ``monitor``."""
