@@ -4,7 +4,7 @@ baseline, both scored by MapTR's Chamfer AP (:mod:`models.mapdet.chamfer_ap`).
     python -m stages.report_mapdet [--params params.yaml] [--cache data/cache]
                                    [--model data/models/mapdet] [--out reports/mapdet]
 
-Writes ``<out>/metrics.json`` (per predictor: mAP, per-class AP, mAP at 0.5 / 1.0 / 1.5 m; ``random_sources`` 1 when
+Writes ``<out>/metrics.json`` (per predictor: mAP, per-class AP, mAP at 0.5 / 1.0 / 1.5 m; ``mapdet_random_sources`` 1 when
 the BLIP-2 parts or the language model were seeded random tensors), ``<out>/details.json`` (every AP, the
 provenance) and ``<out>/figures/`` (fixed validation samples: six cameras above the BEV of GT and predictions).
 """
@@ -57,7 +57,7 @@ def _main(argv: list[str] | None) -> None:
     with atomic_dir(args.out) as tmp:
         result = evaluate_split(model, train, val, tmp / "figures", p.figure_samples, seed=p.seed)
         random = bool(provenance.get("random_sources", True))
-        write_json(tmp / "metrics.json", {**result["headline"], "random_sources": int(random)})
+        write_json(tmp / "metrics.json", {**result["headline"], "mapdet_random_sources": int(random)})
         write_json(tmp / "details.json", {**result["details"], "provenance": provenance})
     h = result["headline"]
     for name in ("model", "baseline"):

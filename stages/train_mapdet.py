@@ -23,10 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     from models.mapdet.checkpoints import CheckpointFolderError
     from models.mapdet.data import MapInputError
     from models.planner.data import ImageDecodeError
-    from models.train import CheckpointError
+    from models.train import CheckpointError, TrainingDiverged
 
     return guarded(_main, argv, (FileNotFoundError, ValueError, CheckpointError, CheckpointFolderError, MapInputError,
-                                 ImageDecodeError))
+                                 ImageDecodeError, TrainingDiverged))
 
 
 def _main(argv: list[str] | None) -> None:

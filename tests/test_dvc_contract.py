@@ -22,6 +22,7 @@ NOT_CONTENT = {
     "tracks.workers",          # clips tracked in a pool, results in clip order
     "planner.num_workers",     # DataLoader processes: per-worker seeds, the same batches
     "planner.image_cache_mb",  # images decoded once or per sample: the same pixels
+    "mapdet.image_cache_mb",   # the same for the map detector
     "geometry.activation_checkpointing",  # blocks recomputed in backward: the same gradients (tested)
 }
 

@@ -21,9 +21,15 @@ TINY_GEOMETRY = dict(img_size=28, embed_dim=32, num_heads=2, encoder_depth=1, de
 TINY_TRAIN_GEOMETRY = dict(cameras=["CAM_FRONT", "CAM_BACK"], image_size=[28, 42], epochs=1, batch_size=4,
                            warmup_steps=1, figure_windows=1)
 ALL_STAGES = {"synth_world", "gt_cache", "tracks", "train_tokenizer", "report_tokenizer", "train_planner",
-              "report_planner", "convert_weights", "train_geometry", "report_geometry"}
+              "report_planner", "convert_weights", "train_geometry", "report_geometry", "train_mapdet", "report_mapdet"}
+TINY_MAPDET = dict(image_size=28, vision_width=16, vision_layers=1, vision_heads=2, vision_intermediate=32,
+                   qformer_width=16, qformer_layers=1, qformer_heads=2, qformer_intermediate=32,
+                   cross_attention_frequency=1, qformer_encoder_width=16, num_query_tokens=4, lm_width=32, lm_layers=1,
+                   lm_heads=2, lm_kv_heads=2, lm_intermediate=48, num_instances=4, decoder_width=16, decoder_heads=2,
+                   epochs=1, batch_size=4, warmup_steps=1, figure_samples=1)
 PLANNER = {"train_planner", "report_planner"}
 GEOMETRY = {"convert_weights", "train_geometry", "report_geometry"}
+MAPDET = {"train_mapdet", "report_mapdet"}
 
 ROOT = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
@@ -87,7 +93,8 @@ def repo(tmp_path_factory) -> Path:
         params["synth"][key] = value
     params["cache"]["workers"] = 1
     for section, values in (("tracks", TINY_TRACKS), ("tokenizer", TINY_TOKENIZER), ("planner", TINY_PLANNER),
-                            ("geometry", TINY_GEOMETRY), ("train_geometry", TINY_TRAIN_GEOMETRY)):
+                            ("geometry", TINY_GEOMETRY), ("train_geometry", TINY_TRAIN_GEOMETRY),
+                            ("mapdet", TINY_MAPDET)):
         for key, value in values.items():
             params[section][key] = value
     with open(dst / "params.yaml", "w") as fh:
@@ -124,7 +131,7 @@ def test_repro_then_noop_then_experiments(repo):
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo))
     files = next(iter(shown.values()))["data"]
     names = [name for f in files.values() for name, _ in _leaves(f["data"])]
-    assert len(files) == 7 and len(names) == len(set(names)), files  # one per stage with a headline
+    assert len(files) == 8 and len(names) == len(set(names)), files  # one per stage with a headline
     for path, f in files.items():
         for name, value in _leaves(f["data"]):
             assert type(value) in (int, float), (path, name, value)
@@ -133,7 +140,8 @@ def test_repro_then_noop_then_experiments(repo):
 
     # plots: one loss chart per learned model (train and val, x = step), the figures as images
     plots = json.loads(_run(["dvc", "plots", "show", "--json"], repo))["data"]
-    assert {"tokenizer loss", "planner loss", "ego_mlp loss", "geometry loss"} <= set(plots), sorted(plots)
+    assert {"tokenizer loss", "planner loss", "ego_mlp loss", "geometry loss", "mapdet loss"} <= set(plots), \
+        sorted(plots)
     assert not any("epoch" in name for name in plots), sorted(plots)
     assert any(name.startswith("reports/planner/figures/") and name.endswith(".png") for name in plots)
     _run(["dvc", "plots", "show", "-o", str(repo.parent / "plots")], repo)
@@ -141,7 +149,9 @@ def test_repro_then_noop_then_experiments(repo):
 
     assert _exp(repo, "synth.num_scenes=4") == ALL_STAGES - {"convert_weights"}   # the conversion reads no data
     assert _exp(repo, "convert.register_slots=[0,1,2,3]") == GEOMETRY
-    assert _exp(repo, "cache.map_points=10") == {"gt_cache"} | PLANNER | (GEOMETRY - {"convert_weights"})
+    assert _exp(repo, "cache.map_points=10") == {"gt_cache"} | PLANNER | (GEOMETRY - {"convert_weights"}) | MAPDET
+    assert _exp(repo, "mapdet.figure_samples=2") == {"report_mapdet"}
+    assert _exp(repo, "mapdet.freeze_lm=false") == MAPDET
     assert _exp(repo, "planner.use_rope=false") == PLANNER
     assert _exp(repo, "planner.figure_samples=2") == {"report_planner"}
     assert _exp(repo, "tokenizer.loss=focal") == {"train_tokenizer", "report_tokenizer"}
@@ -150,7 +160,8 @@ def test_repro_then_noop_then_experiments(repo):
     header = _run(["dvc", "exp", "show", "--csv"], repo).splitlines()[0].split(",")
     for column in ("synth.num_scenes", "cache.map_points", "tokenizer.loss", "tracks.backend", "planner.use_rope",
                    "scenes", "train_samples", "tracker.aj", "model.mse", "zero.mse", "model.norm_acc",
-                   "planner.uniad.l2_avg", "constant_velocity.stp3.l2_avg", "ego_mlp.uniad.col_avg"):
+                   "planner.uniad.l2_avg", "constant_velocity.stp3.l2_avg", "ego_mlp.uniad.col_avg", "model.mAP",
+                   "baseline.mAP", "mapdet.freeze_lm"):
         assert column in header, (column, header)
     assert not any(":" in c for c in header), header   # no name needed its file as a prefix
 

@@ -69,7 +69,7 @@ class MapDetConfig:
 
         def need(ok: bool, key: str, why: str):
             if not ok:
-                raise ConfigError(f"params: mapdet.{key} = {getattr(self, key)!r}: {why}")
+                raise ConfigError("params: mapdet", key, getattr(self, key), why)
 
         need(self.image_size % self.patch_size == 0, "image_size", f"must be a multiple of patch_size {self.patch_size}")
         for width, heads in (("vision_width", "vision_heads"), ("qformer_width", "qformer_heads"),

@@ -60,9 +60,12 @@ class MapDetectionLoss(nn.Module):
         self.matcher = HungarianMatcher(weights.cls, weights.pts, alpha, gamma)
 
     def forward(self, logits: torch.Tensor, pts: torch.Tensor, gt_points: torch.Tensor, gt_labels: torch.Tensor,
-                gt_closed: torch.Tensor, gt_valid: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+                gt_closed: torch.Tensor, gt_valid: torch.Tensor,
+                num_gt: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """logits ``[B, Q, C]``, pts ``[B, Q, P, 2]``, gt_points ``[B, M, P, 2]``, gt_labels ``[B, M]`` long,
-        gt_closed / gt_valid ``[B, M]`` bool (invalid rows are padding and may hold anything).
+        gt_closed / gt_valid ``[B, M]`` bool (invalid rows are padding and may hold anything). ``num_gt``: the
+        normaliser (default this batch's valid GT count; under DDP the caller passes the global count divided by
+        the world size, as DETR's ``num_boxes``, so that averaged gradients equal one process's).
         Coordinates as in :meth:`HungarianMatcher.cost` (normalised by the patch).
         Returns the weighted total and the unweighted, normalised components plus the match count."""
         b, q, c = logits.shape
@@ -93,7 +96,7 @@ class MapDetectionLoss(nn.Module):
             for acc, idx in zip((bi, pi, gi, oi), (torch.full_like(pred_idx, s), pred_idx, keep[gt_idx], order_idx)):
                 acc.append(idx)
         bi, pi, gi, oi = (torch.cat(t) for t in (bi, pi, gi, oi))                          # [K]
-        num_gt = max(int(gt_valid.sum()), 1)
+        num_gt = max(int(gt_valid.sum()), 1) if num_gt is None else max(float(num_gt), 1e-6)
         matched_pred, matched_gt = pts[bi, pi], orders[bi, gi, oi].to(pts.dtype)           # [K, P, 2]
         loss_cls = sigmoid_focal_loss(logits.reshape(b * q, c), targets.reshape(-1), self.alpha, self.gamma) / num_gt
         loss_pts = points_l1_loss(matched_pred, matched_gt) / num_gt

@@ -93,7 +93,10 @@ class HungarianMatcher:
             empty = torch.zeros(0, dtype=torch.long, device=device)
             return empty, empty.clone(), empty.clone()
         cost, order_idx = self.cost(logits, pts, gt_labels, orders, order_valid)
-        rows, cols = linear_sum_assignment(cost.cpu().numpy())
+        # non-finite predictions (a diverging run) still get an assignment, so the loss turns non-finite and the
+        # training loop stops naming the step, instead of scipy refusing the matrix deep inside the loss
+        rows, cols = linear_sum_assignment(np.nan_to_num(cost.cpu().double().numpy(), nan=1e30, posinf=1e30,
+                                                         neginf=-1e30))
         pred_idx = torch.from_numpy(rows.astype(np.int64)).to(device)
         gt_idx = torch.from_numpy(cols.astype(np.int64)).to(device)
         return pred_idx, gt_idx, order_idx[pred_idx, gt_idx]

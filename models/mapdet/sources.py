@@ -35,7 +35,10 @@ def load_vision_model(index: C.SafetensorsIndex, vision_model: nn.Module) -> dic
     found = {k: tuple(e.shape) for k, e in index.entries.items() if k.startswith("vision_model.")}
     missing = sorted(set(target) - set(found))
     unexpected = sorted(set(found) - set(target))
-    shape = sorted(k for k in set(target) & set(found) if target[k] != found[k])
+    pos = "vision_model.embeddings.position_embedding"
+    resample = (pos in target and pos in found and target[pos] != found[pos]
+                and target[pos][::2] == found[pos][::2] and _square(found[pos][1] - 1) and _square(target[pos][1] - 1))
+    shape = sorted(k for k in set(target) & set(found) if target[k] != found[k] and not (resample and k == pos))
     if missing or unexpected or shape:
         parts = [f"missing {missing[:8]}" if missing else "", f"unexpected {unexpected[:8]}" if unexpected else "",
                  "wrong shape " + ", ".join(f"{k} {list(found[k])} (model {list(target[k])})" for k in shape[:8])
@@ -43,8 +46,28 @@ def load_vision_model(index: C.SafetensorsIndex, vision_model: nn.Module) -> dic
         raise C.CheckpointFolderError(f"{index.folder}: the image encoder (vision_model.*) does not match "
                                       f"mapdet's vision_* params: {'; '.join(p for p in parts if p)}")
     state = {k[len("vision_model."):]: t for k, t in index.read(sorted(target), dtype=torch.float32)}
+    note = {}
+    if resample:
+        key = pos[len("vision_model."):]
+        state[key] = resample_positions(state[key], target[pos][1] - 1)
+        note = {"resampled": f"{pos} {list(found[pos])} -> {list(target[pos])} (bicubic, CLS kept)"}
     vision_model.load_state_dict(state, strict=True)
-    return {"tensors": len(state), "params": int(sum(t.numel() for t in state.values()))}
+    return {"tensors": len(state), "params": int(sum(t.numel() for t in state.values())), **note}
+
+
+def _square(n: int) -> bool:
+    return n > 0 and round(n ** 0.5) ** 2 == n
+
+
+def resample_positions(pos: torch.Tensor, patches: int) -> torch.Tensor:
+    """[1, 1 + g*g, D] -> [1, 1 + patches, D]: the patch grid resized bicubically (HF's interpolate_pos_encoding), the
+    CLS entry kept as is. For a BLIP-2 ViT (224 px, 16 x 16) run at another image size, e.g. the seed's 336 px."""
+    import torch.nn.functional as F
+
+    g, n = round((pos.shape[1] - 1) ** 0.5), round(patches ** 0.5)
+    grid = pos[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)                  # [1, D, g, g]
+    grid = F.interpolate(grid, size=(n, n), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, n * n, -1)], 1)
 
 
 def build_detector(cfg: MapDetConfig, p, seed: int):

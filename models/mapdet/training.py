@@ -56,21 +56,32 @@ class MapDetTask(TrainTask):
         return out
 
     def loss(self, model, batch):
+        """MapTR's loss normalised by the GLOBAL batch's GT count (all-reduced under DDP, as DETR's num_boxes)."""
         out = model(images_to_float(batch["images"]))
+        num_gt = batch["gt_valid"].sum().float()
+        world = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            torch.distributed.all_reduce(num_gt)
         total, logs = self.criterion(out["logits"].float(), out["points"].float(), batch["gt_points"],
-                                     batch["gt_labels"], batch["gt_closed"], batch["gt_valid"])
+                                     batch["gt_labels"], batch["gt_closed"], batch["gt_valid"],
+                                     num_gt=max(float(num_gt), 1.0) / world)
         return total, logs
 
     def evaluate(self, model, loader) -> dict[str, float]:
-        """Mean loss terms over the validation samples (Chamfer AP: stages.report_mapdet)."""
+        """Mean over validation samples of each sample's loss terms (each normalised by its own GT count, so the
+        value does not depend on how samples are batched or sharded; Chamfer AP: stages.report_mapdet)."""
         sums: dict[str, float] = {}
         n = 0
         for batch in loader:
-            loss, terms = self.loss(model, batch)
-            b = len(batch["images"])
-            for k, v in {"loss": float(loss), **terms}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * b
-            n += b
+            out = model(images_to_float(batch["images"]))
+            for i in range(len(batch["images"])):
+                one = {k: batch[k][i:i + 1] for k in ("gt_points", "gt_labels", "gt_closed", "gt_valid")}
+                loss, terms = self.criterion(out["logits"][i:i + 1].float(), out["points"][i:i + 1].float(),
+                                             one["gt_points"], one["gt_labels"], one["gt_closed"], one["gt_valid"])
+                for k, v in {"loss": float(loss), **terms}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n += 1
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     def epoch_log(self, epoch, train_logs, val, lrs) -> str:
