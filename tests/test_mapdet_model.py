@@ -146,3 +146,13 @@ def test_config_rules_name_the_key():
         MapDetConfig.from_params(tiny_params(lm_kv_heads=3, lm_heads=2), num_points=5)
     with pytest.raises(ParamsError, match="unknown key 'mapdet.freeze_llm'"):
         parse_section("mapdet", {"freeze_llm": True})
+
+
+def test_bfloat16_language_model_still_passes_gradients_to_the_qformer():
+    """lm_dtype bfloat16 (a 7B LM on a GPU): the frozen LM's weights are bf16, the trained parts stay fp32."""
+    task, model = build(lm_dtype="bfloat16")
+    assert all(p.dtype == torch.bfloat16 for p in model.language_model.parameters())
+    assert model.query_tokens.dtype == torch.float32 and model.decoder.input.weight.dtype == torch.float32
+    loss, _ = task.loss(model, batch())
+    loss.backward()
+    assert torch.isfinite(loss) and float(model.query_tokens.grad.abs().sum()) > 0

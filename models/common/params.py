@@ -535,6 +535,9 @@ class MapDetParams:
     lm_rms_eps: float = _f(1.0e-5, "RMSNorm epsilon (1e-5 / 1e-6)", gt=0.0)
     freeze_lm: bool = _f(True, "keep the language model frozen (no gradient to its weights, no optimiser state; "
                          "gradients still flow through it); false trains it at lr_lm")
+    lm_dtype: str = _f("float32", "dtype of the language model's weights: bfloat16 for a 7B model on a GPU (Qwen2 is "
+                       "native bf16 and refuses float16); float32 on CPU. Other dtypes need freeze_lm",
+                       choices=("float32", "bfloat16", "float16"))
     blip2_checkpoint: str | None = _f(None, "folder of a real BLIP-2 checkpoint (vision_model.* + query_tokens + "
                                       "qformer.*, e.g. Salesforce/blip2-opt-2.7b); null = seeded random tensors in "
                                       "its layout (flagged in the provenance)")
@@ -575,6 +578,11 @@ class MapDetParams:
             fail("cameras", "must not repeat a camera")
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             fail("prompt", "must be a non-empty string")
+        if self.lm_dtype != "float32" and not self.freeze_lm:
+            fail("lm_dtype", "a trained language model keeps float32 weights (AdamW on half-precision weights loses "
+                             "its updates); use amp for mixed precision")
+        if self.lm_dtype == "float16" and self.lm_type == "qwen2":
+            fail("lm_dtype", "Qwen2 overflows in float16; use bfloat16")
         for key in ("blip2_checkpoint", "lm_checkpoint"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):

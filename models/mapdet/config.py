@@ -26,7 +26,7 @@ MODEL_KEYS = ("image_size", "patch_size", "vision_width", "vision_layers", "visi
               "cross_attention_frequency", "qformer_encoder_width", "num_query_tokens", "lm_type", "lm_width",
               "lm_layers", "lm_heads", "lm_kv_heads", "lm_intermediate", "lm_vocab", "lm_max_positions",
               "lm_rope_theta", "lm_rms_eps", "num_instances", "num_points", "decoder_width", "decoder_layers",
-              "decoder_heads", "freeze_encoder", "freeze_lm")
+              "decoder_heads", "freeze_encoder", "freeze_lm", "lm_dtype")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class MapDetConfig:
     decoder_heads: int = 4
     freeze_encoder: bool = True
     freeze_lm: bool = True
+    lm_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         from models.common.params import ConfigError
@@ -78,6 +79,7 @@ class MapDetConfig:
                  f"= {getattr(self, heads)}")
         need(self.lm_heads % self.lm_kv_heads == 0, "lm_kv_heads", f"must divide lm_heads = {self.lm_heads}")
         need(self.lm_type in ("llama", "qwen2"), "lm_type", "allowed: llama, qwen2")
+        need(self.lm_dtype in ("float32", "bfloat16", "float16"), "lm_dtype", "allowed: float32, bfloat16, float16")
         need(1 <= self.cross_attention_frequency <= self.qformer_layers, "cross_attention_frequency",
              f"must be in 1..qformer_layers = {self.qformer_layers}")
 
@@ -128,6 +130,12 @@ class MapDetConfig:
             cfg = Qwen2Config(rope_theta=self.lm_rope_theta, use_sliding_window=False, **common)
         cfg._attn_implementation = "sdpa"
         return cfg
+
+    @property
+    def torch_lm_dtype(self):
+        import torch
+
+        return getattr(torch, self.lm_dtype)
 
     def sequence_length(self, prompt_tokens: int) -> int:
         """Tokens the language model reads: [visual; prompt; map queries]."""

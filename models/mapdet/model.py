@@ -78,7 +78,8 @@ class MapDetector(nn.Module):
         self.qformer = Blip2QFormerModel(cfg.qformer_config())
         self.query_tokens = nn.Parameter(torch.randn(1, cfg.num_query_tokens, cfg.qformer_width) * 0.02)
         self.language_projection = nn.Linear(cfg.qformer_width, cfg.lm_width)
-        self.language_model = language_model if language_model is not None else build_language_model(cfg)
+        self.language_model = (language_model if language_model is not None
+                               else build_language_model(cfg).to(cfg.torch_lm_dtype))
         I, P, D = cfg.num_instances, cfg.num_points, cfg.lm_width
         self.instance_queries = nn.Parameter(torch.randn(I, D) * 0.02)
         self.point_queries = nn.Parameter(torch.randn(I * P, D) * 0.02)
@@ -103,9 +104,10 @@ class MapDetector(nn.Module):
         visual = self.language_projection(q)                                     # [B, Nq, Dlm]
         prompt = self.language_model.get_input_embeddings()(self.prompt_ids)      # [Lp, Dlm]
         queries = self.map_queries()
-        seq = torch.cat([visual, prompt.to(visual.dtype)[None].expand(B, -1, -1),
-                         queries.to(visual.dtype)[None].expand(B, -1, -1)], 1)   # [B, Nq+Lp+I*P, Dlm]
-        hidden = self.language_model(inputs_embeds=seq).last_hidden_state
+        lm_dtype = prompt.dtype                                                  # the LM's weights' dtype
+        seq = torch.cat([visual.to(lm_dtype), prompt[None].expand(B, -1, -1),
+                         queries.to(lm_dtype)[None].expand(B, -1, -1)], 1)      # [B, Nq+Lp+I*P, Dlm]
+        hidden = self.language_model(inputs_embeds=seq).last_hidden_state.to(visual.dtype)
         n = queries.shape[0]
         states = hidden[:, -n:].reshape(B, self.cfg.num_instances, self.cfg.num_points, -1)
         return self.decoder(states)

@@ -80,7 +80,7 @@ def build_detector(cfg: MapDetConfig, p, seed: int):
         lm_folder = Path(p.lm_checkpoint) if p.lm_checkpoint else Path(tmp) / "lm"
         if not p.lm_checkpoint:
             C.write_random_checkpoint(cfg.lm_config(), lm_folder, seed=seed + 1, shards=2)
-        lm, tokenizer, lm_report = C.load_language_model(lm_folder, torch.float32, freeze=cfg.freeze_lm)
+        lm, tokenizer, lm_report = C.load_language_model(lm_folder, cfg.torch_lm_dtype, freeze=cfg.freeze_lm)
         _check_lm_matches(cfg, lm, lm_folder)
         lm_report.random_source = not p.lm_checkpoint
         prompt_ids, tokenizer_name = tokenize_prompt(cfg, p.prompt, tokenizer)
