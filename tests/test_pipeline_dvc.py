@@ -21,7 +21,8 @@ TINY_GEOMETRY = dict(img_size=28, embed_dim=32, num_heads=2, encoder_depth=1, de
 TINY_TRAIN_GEOMETRY = dict(cameras=["CAM_FRONT", "CAM_BACK"], image_size=[28, 42], epochs=1, batch_size=4,
                            warmup_steps=1, figure_windows=1)
 ALL_STAGES = {"synth_world", "gt_cache", "tracks", "train_tokenizer", "report_tokenizer", "train_planner",
-              "report_planner", "convert_weights", "train_geometry", "report_geometry", "train_mapdet", "report_mapdet"}
+              "report_planner", "convert_weights", "train_geometry", "report_geometry", "train_mapdet", "report_mapdet",
+              "report"}
 TINY_MAPDET = dict(image_size=28, vision_width=16, vision_layers=1, vision_heads=2, vision_intermediate=32,
                    qformer_width=16, qformer_layers=1, qformer_heads=2, qformer_intermediate=32,
                    cross_attention_frequency=1, qformer_encoder_width=16, num_query_tokens=4, lm_width=32, lm_layers=1,
@@ -112,6 +113,7 @@ def test_repro_then_noop_then_experiments(repo):
     manifest = json.loads((repo / "data" / "cache" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["samples"] > 0 and manifest["splits"]["val"]["samples"] > 0
     assert json.loads((repo / "reports" / "synth_world.json").read_text())["scenes"] == TINY_WORLD["num_scenes"]
+    assert "verdicts hold" in (repo / "reports" / "report" / "report.md").read_text()
     # DVC-produced data is ignored by git
     status = _run(["git", "status", "--porcelain", "--untracked-files=all"], repo)
     assert "data/nuscenes/" not in status and "data/cache/" not in status, status
@@ -122,7 +124,7 @@ def test_repro_then_noop_then_experiments(repo):
     _run(GIT + ["commit", "-qm", "lock"], repo)
 
     # a report-only key re-runs its report only; keys that change no output re-run nothing
-    assert _stale_with(repo, {"planner.figure_samples": 2}) == {"report_planner"}
+    assert _stale_with(repo, {"planner.figure_samples": 2}) == {"report_planner", "report"}
     assert _stale_with(repo, {"synth.workers": 2}) == set()
     assert _stale_with(repo, {"synth.workers": 2, "cache.workers": 2, "cache.check_files": False,
                               "tracks.workers": 2, "planner.num_workers": 1, "planner.image_cache_mb": 0}) == set()
@@ -148,14 +150,16 @@ def test_repro_then_noop_then_experiments(repo):
     assert (repo.parent / "plots" / "index.html").stat().st_size > 0
 
     assert _exp(repo, "synth.num_scenes=4") == ALL_STAGES - {"convert_weights"}   # the conversion reads no data
-    assert _exp(repo, "convert.register_slots=[0,1,2,3]") == GEOMETRY
-    assert _exp(repo, "cache.map_points=10") == {"gt_cache"} | PLANNER | (GEOMETRY - {"convert_weights"}) | MAPDET
-    assert _exp(repo, "mapdet.figure_samples=2") == {"report_mapdet"}
-    assert _exp(repo, "mapdet.freeze_lm=false") == MAPDET
-    assert _exp(repo, "planner.use_rope=false") == PLANNER
-    assert _exp(repo, "planner.figure_samples=2") == {"report_planner"}
-    assert _exp(repo, "tokenizer.loss=focal") == {"train_tokenizer", "report_tokenizer"}
-    assert _exp(repo, "tracks.backend=oracle") == {"tracks", "train_tokenizer", "report_tokenizer"}
+    report = {"report"}                                   # last in the DAG: every change reaches it
+    assert _exp(repo, "convert.register_slots=[0,1,2,3]") == GEOMETRY | report
+    assert _exp(repo, "cache.map_points=10") == ({"gt_cache"} | PLANNER | (GEOMETRY - {"convert_weights"}) | MAPDET
+                                                 | report)
+    assert _exp(repo, "mapdet.figure_samples=2") == {"report_mapdet"} | report
+    assert _exp(repo, "mapdet.freeze_lm=false") == MAPDET | report
+    assert _exp(repo, "planner.use_rope=false") == PLANNER | report
+    assert _exp(repo, "planner.figure_samples=2") == {"report_planner"} | report
+    assert _exp(repo, "tokenizer.loss=focal") == {"train_tokenizer", "report_tokenizer"} | report
+    assert _exp(repo, "tracks.backend=oracle") == {"tracks", "train_tokenizer", "report_tokenizer"} | report
 
     header = _run(["dvc", "exp", "show", "--csv"], repo).splitlines()[0].split(",")
     for column in ("synth.num_scenes", "cache.map_points", "tokenizer.loss", "tracks.backend", "planner.use_rope",

@@ -1,0 +1,211 @@
+"""The report's content, one function per part of the pipeline, read only from what the stages wrote.
+
+Each ``*_section(reports)`` returns document blocks: what ran (data sizes, the params that differ from the
+defaults), the headline table as ``dvc exp show`` sees it (model beside its baselines, and the ceiling where one
+exists), the verdicts, and the key figures. Nothing is recomputed: the numbers are the stages' ``metrics`` and
+``details`` files, the figures their PNGs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from .document import Figures, Heading, Paragraph, Table, Verdicts, fmt
+
+
+class ReportInputError(ValueError):
+    """A stage output the report needs is missing or unreadable: names the file."""
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ReportInputError(f"{path}: missing (run the stage that writes it: dvc repro)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportInputError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def figures(folder: Path, names: list[str]) -> list[Path]:
+    paths = [folder / n for n in names]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ReportInputError(f"figure(s) missing: {missing} (run the stage that draws them)")
+    return paths
+
+
+# Keys that never change an output's bytes (workers, caches, checkpointing): no stage lists them in dvc.yaml, so the
+# report leaves them out too (tests/test_dvc_contract.py checks dvc.yaml against this set).
+NO_OUTPUT_KEYS = frozenset({
+    "synth.workers", "cache.workers", "cache.check_files", "tracks.workers", "planner.num_workers",
+    "planner.image_cache_mb", "mapdet.image_cache_mb", "geometry.activation_checkpointing"})
+
+
+def changed_params(params: dict) -> dict[str, dict]:
+    """``{section: {key: (value, default)}}`` for every key of params.yaml that differs from the code's default
+    (keys in ``NO_OUTPUT_KEYS`` left out)."""
+    from models.common.params import SECTIONS, parse_section
+
+    out: dict[str, dict] = {}
+    for name, cls in SECTIONS.items():
+        if name not in params:
+            continue
+        current = dataclasses.asdict(parse_section(name, dict(params[name] or {})))
+        default = dataclasses.asdict(cls())
+        diff = {k: (v, default[k]) for k, v in current.items()
+                if v != default[k] and f"{name}.{k}" not in NO_OUTPUT_KEYS}
+        if diff:
+            out[name] = diff
+    return out
+
+
+def params_paragraph(changed: dict, sections: tuple[str, ...]) -> Paragraph:
+    items = [f"`{s}.{k}` = `{v!r}` (default `{d!r}`)" for s in sections for k, (v, d) in changed.get(s, {}).items()]
+    return Paragraph("Params that differ from the defaults: " + ("; ".join(items) if items else "none") + ".")
+
+
+def data_section(reports: Path, changed: dict) -> list:
+    world = read_json(reports / "synth_world.json")
+    cache = read_json(reports / "gt_cache.json")
+    details = read_json(reports / "gt_cache_details.json")
+    rows = [["scenes", fmt(world["scenes"])], ["key-frame samples", fmt(world["samples"])],
+            ["annotations", fmt(world["annotations"])], ["GT cache: train samples", fmt(cache["train_samples"])],
+            ["GT cache: val samples", fmt(cache["val_samples"])]]
+    for split in ("train", "val"):
+        per_class = (details.get(split) or {}).get("map_elements_per_sample")
+        if isinstance(per_class, dict):
+            rows.append([f"map elements per {split} sample",
+                         ", ".join(f"{k} {fmt(v, 3)}" for k, v in per_class.items())])
+    return [Heading("Data: synthetic world and GT cache"), params_paragraph(changed, ("data", "synth", "cache")),
+            Table(["what", "count"], rows),
+            Figures(figures(reports / "synth_world", ["town_boston-seaport.png", "cameras.png"]),
+                    "The procedurally generated town (one location) and the six cameras of one key frame.")]
+
+
+def tracks_section(reports: Path, changed: dict) -> list:
+    m = read_json(reports / "tracks.json")
+    d = read_json(reports / "tracks_details.json")
+    val = d.get("val", {})
+    blocks = [Heading("Point tracks"), params_paragraph(changed, ("tracks",)),
+              Paragraph(f"Backend `{d.get('backend')}`, truth: {d.get('truth')}; val: {fmt(val.get('clips', 0))} "
+                        f"clips, {fmt(val.get('frames', 0))} frames, {fmt(val.get('points', 0))} query points.")]
+    if "tracker" in m:
+        blocks.append(Table(["predictor", "AJ", "δavg", "OA"],
+                            [[name, fmt(m[key]["aj"]), fmt(m[key]["delta_avg"]), fmt(m[key]["oa"])]
+                             for name, key in (("tracker", "tracker"), ("points that never move", "static"))],
+                            "TAP-Vid metrics on val against the exact tracks (higher is better)."))
+        ok = m["tracker"]["aj"] > m["static"]["aj"]
+        blocks.append(Verdicts([(ok, f"the tracker {'beats' if ok else 'does not beat'} points that never move on "
+                                     f"AJ ({fmt(m['tracker']['aj'], 3)} vs {fmt(m['static']['aj'], 3)})")]))
+    return blocks
+
+
+def tokenizer_section(reports: Path, changed: dict) -> list:
+    m = read_json(reports / "tokenizer" / "metrics.json")
+    d = read_json(reports / "tokenizer" / "details.json")
+    rows = d["rows"]
+    keys = (("mse", "MSE ↓"), ("normalized_accuracy", "normalised accuracy ↑"), ("delta_auc", "δ-AUC ↑"))
+    short = {"mse": "MSE", "normalized_accuracy": "normalised accuracy", "delta_auc": "δ-AUC"}
+    table = Table(["predictor"] + [label for _, label in keys],
+                  [[name, *(fmt(rows[r][k]) for k, _ in keys)]
+                   for name, r in (("tokenizer", "model"), ("zero motion", "zero_motion"),
+                                   ("perfect labels (ceiling)", "perfect_labels")) if r in rows],
+                  f"{fmt(d['windows'])} val windows; {fmt(m['model']['codes'])} codebook entries used.")
+    verdicts = []
+    for k, label in keys:
+        lower = k in d.get("lower_is_better", [])
+        model, zero, top = rows["model"][k], rows["zero_motion"][k], rows["perfect_labels"][k]
+        share = (model - zero) / (top - zero) if top != zero else float("nan")
+        beats = model < zero if lower else model > zero
+        verdicts.append((beats, f"{short[k]}: the tokenizer {'beats' if beats else 'does not beat'} zero "
+                                f"motion and covers {100 * share:.1f} % of the way to the perfect-label ceiling"))
+    return [Heading("Motion tokenizer (AMPLIFY)"), params_paragraph(changed, ("tokenizer",)), table,
+            Verdicts(verdicts),
+            Figures(figures(reports / "tokenizer" / "figures", ["tracks_0.png", "codebook_usage.png"]),
+                    "Tracks (green) and their reconstruction through the codebook (magenta); codebook usage.")]
+
+
+def planner_section(reports: Path, changed: dict) -> list:
+    m = read_json(reports / "planner" / "metrics.json")
+    d = read_json(reports / "planner" / "details.json")
+    names = (("planner", "ViT planner V2"), ("ego_mlp", "Ego-MLP"), ("constant_velocity", "constant velocity"),
+             ("constant_turn_rate", "constant turn rate"))
+    table = Table(["model", "L2 avg (UniAD) m", "collision avg (UniAD) %", "L2 avg (ST-P3) m",
+                   "collision avg (ST-P3) %"],
+                  [[label, fmt(m[k]["uniad"]["l2_avg"]), fmt(m[k]["uniad"]["col_avg"]), fmt(m[k]["stp3"]["l2_avg"]),
+                    fmt(m[k]["stp3"]["col_avg"])] for k, label in names if k in m],
+                  f"{fmt(d.get('samples', 0))} val samples; lower is better; the two conventions are never ranked "
+                  "together.")
+    beats = d.get("beats_constant_velocity", {}).get("planner", {})
+    both = bool(beats.get("uniad")) and bool(beats.get("stp3"))
+    verdicts = [(both, f"the planner {'beats' if both else 'does not beat'} constant velocity on L2 under both "
+                       "conventions")]
+    better = m["planner"]["stp3"]["l2_avg"] < m["ego_mlp"]["stp3"]["l2_avg"]
+    verdicts.append((better, f"the planner {'beats' if better else 'does not beat'} the Ego-MLP (ego status only) on "
+                             f"ST-P3 L2 ({fmt(m['planner']['stp3']['l2_avg'], 3)} vs "
+                             f"{fmt(m['ego_mlp']['stp3']['l2_avg'], 3)} m)"))
+    pngs = sorted(p.name for p in (reports / "planner" / "figures").glob("*.png"))[:2]
+    return [Heading("Planner (ViT planner V2)"), params_paragraph(changed, ("planner",)), table, Verdicts(verdicts),
+            Figures(figures(reports / "planner" / "figures", pngs),
+                    "Validation samples: bird's-eye view of the planned, true and baseline trajectories.")]
+
+
+def geometry_section(reports: Path, changed: dict) -> list:
+    conv = read_json(reports / "convert_weights.json")
+    m = read_json(reports / "geometry" / "metrics.json")
+    d = read_json(reports / "geometry" / "details.json")
+    keys = (("depth_abs_rel", "AbsRel ↓"), ("depth_delta1", "δ<1.25 ↑"), ("depth_median_abs_rel", "AbsRel med-aligned ↓"),
+            ("auc30", "AUC@30 ↑"), ("rra15", "RRA@15 ↑"), ("ate_m", "ATE m ↓"), ("mask_iou", "mask IoU ↑"))
+    table = Table(["predictor"] + [label for _, label in keys],
+                  [[label, *(fmt(m[k][key]) if key in m[k] else "–" for key, _ in keys)]
+                   for k, label in (("model", "trained model"), ("init", "converted init"),
+                                    ("baseline", "trivial baseline"))],
+                  f"{fmt(d['windows'])} val windows of {d['frames']} frames x {len(d['cameras'])} cameras; truth: "
+                  f"{d['truth']}.")
+    random = conv.get("random_sources", 0)
+    notes = (f"Converted from Pi3 + PAGE-4D: {fmt(conv['tensors']['total'])} tensors "
+             f"({fmt(conv['tensors']['pi3'])} Pi3, {fmt(conv['tensors']['page4d'])} PAGE-4D, "
+             f"{fmt(conv['tensors']['fresh'])} new)"
+             + (f"; **{random} source checkpoint(s) were seeded random tensors** in the real layouts." if random
+                else "; real source checkpoints."))
+    model, init, base = m["model"], m["init"], m["baseline"]
+    depth = model["depth_abs_rel"] < min(init["depth_abs_rel"], base["depth_abs_rel"])
+    pose = model["auc30"] > max(init["auc30"], base["auc30"])
+    verdicts = [(depth, f"depth AbsRel: the trained model {'beats' if depth else 'does not beat'} both the converted "
+                        "init and the baseline"),
+                (pose, f"pose AUC@30: the trained model {'beats' if pose else 'does not beat'} both the converted "
+                       "init and the baseline")]
+    if "mask_iou" in model and "mask_iou" in init:
+        above = model["mask_iou"] > init["mask_iou"]
+        verdicts.append((above, f"dynamic-mask IoU {'above' if above else 'not above'} the converted init's"))
+    return [Heading("Temporal multi-view geometry"), params_paragraph(changed, ("geometry", "convert", "train_geometry")),
+            Paragraph(notes), table, Verdicts(verdicts),
+            Figures(figures(reports / "geometry" / "figures", ["window_000.png"]),
+                    "A validation window: images with the predicted mask, predicted and true depth, the error, "
+                    "and the camera centres from above.", width_percent=70)]
+
+
+def mapdet_section(reports: Path, changed: dict) -> list:
+    m = read_json(reports / "mapdet" / "metrics.json")
+    d = read_json(reports / "mapdet" / "details.json")
+    classes = d["classes"]
+    table = Table(["predictor", "mAP", *(f"{c} AP" for c in classes), "mAP@0.5m", "mAP@1.0m", "mAP@1.5m"],
+                  [[label, fmt(m[k]["mAP"]), *(fmt(m[k][f"{c}_AP"]) for c in classes), fmt(m[k]["mAP_0.5m"]),
+                    fmt(m[k]["mAP_1.0m"]), fmt(m[k]["mAP_1.5m"])]
+                   for k, label in (("model", "map detector"), ("baseline", "mean training layout"))],
+                  f"MapTR Chamfer AP (0 to 1) on {fmt(d['samples'])} val samples.")
+    random = bool(m.get("mapdet_random_sources"))
+    better = m["model"]["mAP"] > m["baseline"]["mAP"]
+    return [Heading("Map detection (Q-Former + frozen language model)"), params_paragraph(changed, ("mapdet",)),
+            Paragraph("BLIP-2 and language-model weights: " + ("**seeded random tensors in the real layouts** (no "
+                                                               "real checkpoint given)." if random
+                                                               else "real checkpoints.")),
+            table, Verdicts([(better, f"the detector {'beats' if better else 'does not beat'} the mean training "
+                                      f"layout on mAP ({fmt(m['model']['mAP'], 3)} vs {fmt(m['baseline']['mAP'], 3)})")]),
+            Figures(figures(reports / "mapdet" / "figures", ["sample_000.png"]),
+                    "A validation sample: the six cameras above the bird's-eye view of GT (thick) and predictions "
+                    "(dashed).", width_percent=60)]
+
+
+SECTIONS = (data_section, tracks_section, tokenizer_section, planner_section, geometry_section, mapdet_section)
