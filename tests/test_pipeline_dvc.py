@@ -177,14 +177,45 @@ def test_push_then_pull_into_a_fresh_clone(repo, tmp_path):
     _run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], repo)
     _run(GIT + ["add", "-A"], repo)
     _run(GIT + ["commit", "-qm", "remote", "--allow-empty"], repo)
-    _run(["dvc", "push"], repo)
+    _run(["dvc", "push", "--run-cache"], repo)                       # outputs and the run cache
     clone = tmp_path / "clone"
     _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     _run(["dvc", "pull"], clone)
     status = _run(["dvc", "status"], clone)
     assert "up to date" in status, status
-    for rel in ("data/cache/manifest.json", "data/nuscenes/v1.0-synth/sample.json"):
+    for rel in ("data/cache/manifest.json", "data/nuscenes/v1.0-synth/sample.json",
+                "data/models/mapdet/final.safetensors"):
         assert (clone / rel).read_bytes() == (repo / rel).read_bytes()
+    out = _run(["dvc", "repro"], clone)                              # a colleague skips all the work
+    assert _ran(out) == set(), out
+    again = tmp_path / "clone_pull_on_repro"                          # the same with one command
+    _run(["git", "clone", "-q", str(repo), str(again)], tmp_path)
+    out = _run(["dvc", "repro", "--pull"], again)
+    assert _ran(out) == set(), out
+    assert (again / "data/models/planner/planner/final.safetensors").read_bytes() == \
+        (repo / "data/models/planner/planner/final.safetensors").read_bytes()
+
+
+def test_two_fresh_repros_are_identical_with_1_and_2_workers(repo, tmp_path):
+    """A fresh clone rebuilt from nothing (empty DVC cache, no run cache), with 2 workers wherever a stage has
+    workers, writes a dvc.lock identical to the first run's: every output's hash is the same."""
+    if not (repo / "dvc.lock").exists():
+        _run(["dvc", "repro"], repo)
+        _run(GIT + ["add", "-A"], repo)
+        _run(GIT + ["commit", "-qm", "lock"], repo)
+    clone = tmp_path / "fresh"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    yaml = YAML()
+    params = yaml.load((clone / "params.yaml").read_text())
+    for section, key, value in (("synth", "workers", 2), ("cache", "workers", 2), ("tracks", "workers", 2),
+                                ("planner", "num_workers", 1)):
+        assert params[section][key] != value
+        params[section][key] = value
+    with open(clone / "params.yaml", "w") as fh:
+        yaml.dump(params, fh)
+    out = _run(["dvc", "repro", "--force", "--no-run-cache"], clone)  # every stage, reports included
+    assert _ran(out) == ALL_STAGES, out
+    assert (clone / "dvc.lock").read_text() == (repo / "dvc.lock").read_text()
 
 
 def test_external_dataroot_needs_no_synthetic_world(repo, tmp_path):
