@@ -6,6 +6,10 @@
 ``-S planner.use_rope=false`` is a boolean and ``-S cache.patch_size=[60.0, 30.0]`` a list) and the same
 validation as the file. An override of a section the stage does not read, or of an unknown key, is refused.
 Progress bars show only when stderr is a terminal, and never with ``--no-progress``.
+
+A failing stage prints one line, ``error: <message>`` naming the file, record or key: exit 2 for bad params, 1 for
+bad input (every stage catches the shared input errors of :func:`base_input_errors`); other exceptions are bugs
+and keep their traceback.
 """
 from __future__ import annotations
 
@@ -17,16 +21,57 @@ from typing import Callable
 from models.common.params import ParamsError, load_section
 
 
+# Input errors every stage turns into one line (exit 1), by module and class name: a class counts only once its
+# module is imported (only then can it have been raised), so no stage imports a model package just to catch it.
+BASE_INPUT_ERRORS = (
+    ("models.train.checkpoint", "CheckpointError"),
+    ("models.nuscenes.validate", "NuScenesInputError"),
+    ("models.nuscenes.dataset", "CacheMismatchError"),
+    ("models.planner.data", "ImageDecodeError"),
+    ("models.geometry.data", "WindowInputError"),
+    ("models.geometry.convert", "ConversionError"),
+    ("models.mapdet.data", "MapInputError"),
+    ("models.mapdet.checkpoints", "CheckpointFolderError"),
+    ("models.tracking.sources", "TrackingInputError"),
+    ("models.sequences.layout", "SequenceLayoutError"),
+)
+
+
+def base_input_errors() -> tuple[type[BaseException], ...]:
+    """``FileNotFoundError`` and the ``BASE_INPUT_ERRORS`` classes whose modules are loaded."""
+    found = [getattr(sys.modules[mod], name) for mod, name in BASE_INPUT_ERRORS if mod in sys.modules]
+    return (FileNotFoundError, *found)
+
+
+def _report(exc: BaseException) -> None:
+    """``error: <message>`` on its own line of stderr: on a terminal, live progress bars are closed first and the
+    cursor returns to the start of a cleared line, so the message never continues a bar's line."""
+    if sys.stderr.isatty():
+        tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+        for bar in list(getattr(tqdm, "_instances", None) or ()):
+            try:
+                bar.close()
+            except Exception:  # a bar whose stream is gone: nothing left to tidy
+                pass
+        sys.stderr.write("\r\x1b[K")
+    message = " ".join(str(exc).splitlines()) or type(exc).__name__
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
 def guarded(body: Callable[[list[str] | None], None], argv: list[str] | None, input_errors: tuple = ()) -> int:
-    """Run a stage body; return 0, or print ``error: <message>`` (the message names the file, the record or
-    key, and what is wrong) and return 2 for bad params, 1 for bad input."""
+    """Run a stage body; return 0, or print ``error: <message>`` on one line (the message names the file, the
+    record or key, and what is wrong) and return 2 for bad params, 1 for bad input: the stage's ``input_errors``
+    and :func:`base_input_errors` (checkpoints, nuScenes and cache inputs, images, windows, source checkpoints,
+    map GT, tracking and sequence inputs, missing files), so no stage has to list them."""
     try:
         body(argv)
     except ParamsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _report(exc)
         return 2
-    except input_errors as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if not isinstance(exc, tuple(input_errors) + base_input_errors()):
+            raise
+        _report(exc)
         return 1
     return 0
 

@@ -41,6 +41,7 @@ def _main(argv: list[str] | None) -> None:
     from safetensors.torch import save_file
 
     from models.common.io import atomic_dir, write_json
+    from models.common.tensor_digest import WEIGHTS_KEY, seal
     from models.geometry.convert import convert, read_checkpoint
     from models.geometry.model import GeometryModel
     from models.geometry.sources import write_random_sources
@@ -77,7 +78,8 @@ def _main(argv: list[str] | None) -> None:
                             "source_file": names.get(r.source, ""), "source_key": r.source_key,
                             "transform": r.transform} for r in rows]}
     with atomic_dir(args.out) as out:
-        save_file(state, str(out / "geometry_init.safetensors"), metadata={"provenance": first})
+        save_file(state, str(out / "geometry_init.safetensors"),              # with its SHA-256 digest
+                  metadata={WEIGHTS_KEY: seal(state, {"provenance": first})})
         write_json(out / "provenance.json", provenance)
         lines = [f"# {first}", "target\tshape\tsource\tsource_file\tsource_key\ttransform"]
         lines += [f"{r['target']}\t{r['shape']}\t{r['source']}\t{r['source_file']}\t{r['source_key']}\t"

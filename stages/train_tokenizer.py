@@ -2,10 +2,12 @@
 
     python -m stages.train_tokenizer [--params params.yaml] [-S tokenizer.KEY=VALUE ...] [--no-progress]
                                      [--tracks data/tracks] [--out data/models/tokenizer]
-                                     [--live reports/train_tokenizer]
+                                     [--live reports/train_tokenizer] [--work data/models/.tokenizer.resume]
 
 Shared training loop (AdamW, schedule, clipping, safetensors checkpoints last/best/final with resume,
 DDP under ``torchrun``), DVCLive logs in ``--live`` (metrics.json and plots that dvc exp show / dvc plots read).
+Training runs in ``--work`` and is published to ``--out`` / ``--live`` at the end, so a killed ``dvc repro``
+resumes (models/train/workdir.py).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ def _main(argv: list[str] | None) -> None:
     ap.add_argument("--tracks", default="data/tracks")
     ap.add_argument("--out", default="data/models/tokenizer")
     ap.add_argument("--live", default="reports/train_tokenizer")
+    ap.add_argument("--work", help="checkpoints and logs until published, for resuming "
+                    "(default: .<out name>.resume beside --out)")
     args = ap.parse_args(argv)
     [params] = load_params(args, "tokenizer")
     from models.tokenizer.config import TokenizerConfig
@@ -32,11 +36,14 @@ def _main(argv: list[str] | None) -> None:
 
     from models.tokenizer.training import TokenizerTask, TrackWindows, train_config
     from models.train import train
+    from models.train.workdir import fingerprint, stage_work
 
     train_set, val_set = TrackWindows(args.tracks, "train"), TrackWindows(args.tracks, "val")
     task = TokenizerTask(params, num_tracks=int(train_set.N), track_horizon=int(train_set.T))
-    summary = train(task, train_set, val_set, train_config(params), args.out, args.live, resume=True,
-                    progress=show_progress(args))
+    with stage_work(args.work, args.out) as work:
+        summary = train(task, train_set, val_set, train_config(params), args.out, args.live, resume=True,
+                        progress=show_progress(args), work_dir=work,
+                        fingerprint=fingerprint(params, inputs=[args.tracks]))
     best = summary.get("best") or {}
     if summary.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
         return

@@ -1,9 +1,10 @@
 """A tiny regression task for tests/test_train_loop.py, and the script its 2-process DDP test runs:
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT LIVE REPORT CFG_JSON
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT LIVE REPORT CFG_JSON [WORK]
 
 Each rank trains with ``models.train.train`` and writes ``REPORT/rank<r>.json`` (its summary and how
 many checkpoint writes / DVCLive loggers it made) and ``REPORT/rank<r>.safetensors`` (its final weights).
+With ``WORK`` it trains in that work folder and resumes from it (models/train/workdir.py).
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ class ToyTask(TrainTask):
         return {"loss": sq / n, "mae": ab / n}
 
 
-def main(out_dir: str, live_dir: str, report_dir: str, cfg_json: str) -> None:
+def main(out_dir: str, live_dir: str, report_dir: str, cfg_json: str, work_dir: str | None = None) -> None:
     from safetensors.torch import save_file
 
     from models.train import loop
@@ -88,7 +89,8 @@ def main(out_dir: str, live_dir: str, report_dir: str, cfg_json: str) -> None:
         setattr(loop, name, counted(name))
     cfg = TrainConfig.from_dict(json.loads(cfg_json))
     task = ToyTask()
-    summary = loop.train(task, ToyData(64, 0), ToyData(16, 1), cfg, out_dir, live_dir, resume=False, progress=False)
+    summary = loop.train(task, ToyData(64, 0), ToyData(16, 1), cfg, out_dir, live_dir, resume=work_dir is not None,
+                         progress=False, work_dir=work_dir)
     rank = int(os.environ["RANK"])
     report = Path(report_dir)
     report.mkdir(parents=True, exist_ok=True)
@@ -99,4 +101,4 @@ def main(out_dir: str, live_dir: str, report_dir: str, cfg_json: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

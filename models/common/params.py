@@ -120,7 +120,8 @@ class CacheParams:
     map_classes: list = _f(["divider", "ped_crossing", "boundary"], "vectorised map classes, in label order",
                            item_choices=("divider", "ped_crossing", "boundary"), min_len=1)
     max_agents: int = _f(64, "agent boxes kept per step (nearest first)", min=1)
-    check_files: bool = _f(True, "stat every camera and LiDAR file the cache references")
+    check_files: bool = _f(True, "check every camera and LiDAR file the cache references: present, a camera JPEG "
+                           "complete (start and end markers, headers parse), a LiDAR file a whole number of points")
     workers: int = _f(2, "worker processes", min=1)
 
 

@@ -406,7 +406,7 @@ def prepare(data, cache, log=print) -> dict:
                 xy.append(ep["translation"][:2])
                 toks.append(ep["token"])
                 if cache.check_files:
-                    files += [(keyframe[(st, ch)]["token"], keyframe[(st, ch)]["filename"]) for ch in V.CHANNELS]
+                    files += [(keyframe[(st, ch)]["token"], keyframe[(st, ch)]["filename"], st) for ch in V.CHANNELS]
     for loc in sorted(poses_by_loc):
         xy, toks, first_log = poses_by_loc[loc]
         V.check_map_expansion(dataroot, loc, np.asarray(xy, dtype=np.float64).reshape(-1, 2), toks, first_log)

@@ -15,11 +15,18 @@ Reproducibility: the model is built right after ``seed_everything(cfg.seed)``; t
 with global batch B and N ranks with B/N each see the same samples per step); DataLoader worker
 seeds come from a generator reseeded per (seed, epoch, rank); the global RNGs of every rank are
 checkpointed. Resuming from ``last`` therefore replays the uninterrupted run bit for bit.
+
+Crash safety: an epoch's DVCLive rows and metrics.json are written before its ``last`` (a kill in between
+resumes from the previous epoch, whose resume drops the later rows), and the copies of ``last`` an epoch ends
+with (best, epoch_NNNN, final) are redone on resume (a kill between writing ``last`` and copying it).
+``work_dir`` (models/train/workdir.py): train in a folder DVC does not delete and publish to ``out_dir`` /
+``live_dir`` at the end, so a stage killed under ``dvc repro`` resumes there.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,7 @@ from tqdm import tqdm
 
 from models.common.params import ParamsError
 from models.train import distributed as D
+from models.train import workdir as W
 from models.train.checkpoint import (
     copy_checkpoint,
     load_optimizer,
@@ -126,6 +134,16 @@ def _clear_old(out_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _epoch_copies(last: Path, out_dir: Path, epoch: int, improved: bool, cfg: TrainConfig) -> None:
+    """The byte copies of ``last`` that end ``epoch``: best (when it improved), epoch_NNNN, final."""
+    if improved and cfg.save_best:
+        copy_checkpoint(last, out_dir / "best.safetensors")
+    if cfg.keep_every_epochs and epoch % cfg.keep_every_epochs == 0:
+        copy_checkpoint(last, out_dir / f"epoch_{epoch:04d}.safetensors")
+    if epoch == cfg.epochs:
+        copy_checkpoint(last, out_dir / "final.safetensors")
+
+
 def _resume(last: Path, cfg: TrainConfig, steps_per_epoch: int, model, optimizer, scaler, env: D.DistEnv) -> dict:
     """Load model, optimizer, scaler and this rank's RNG from ``last``; returns its JSON state."""
     state = read_state(last)
@@ -150,11 +168,15 @@ def _resume(last: Path, cfg: TrainConfig, steps_per_epoch: int, model, optimizer
 
 
 def train(task: TrainTask, train_set: Dataset, val_set: Dataset | None, cfg: TrainConfig,
-          out_dir: str | Path, live_dir: str | Path, resume: bool = True, progress: bool | None = None) -> dict:
+          out_dir: str | Path, live_dir: str | Path, resume: bool = True, progress: bool | None = None,
+          work_dir: str | Path | None = None, fingerprint: dict | None = None) -> dict:
     """Train ``task`` and return a summary (see the module docstring; ``val_set=None``: no
     validation, no best). ``resume``: continue from ``out_dir/last.safetensors`` when present (its
     config must agree on every key in ``TRAJECTORY_KEYS``), else start fresh, removing old
     checkpoints. ``progress``: tqdm bar on rank 0 (None: only on a terminal).
+    ``work_dir``: train there instead and publish to ``out_dir`` / ``live_dir`` after the last epoch; resume
+    only from a work folder of the same run (``fingerprint``: what else identifies it, see
+    :func:`models.train.workdir.fingerprint`), discarding another run's (models/train/workdir.py).
     Raises ``TrainingDiverged`` on a non-finite loss/gradient before touching any checkpoint."""
     env = D.setup(cfg.device, cfg.deterministic)
     flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
@@ -164,7 +186,8 @@ def train(task: TrainTask, train_set: Dataset, val_set: Dataset | None, cfg: Tra
         # filling every torch.empty with NaN costs ~10 % of a planner step and changes no result of correct code
         torch.utils.deterministic.fill_uninitialized_memory = False
     try:
-        return _train(task, train_set, val_set, cfg, Path(out_dir), Path(live_dir), resume, progress, env)
+        work = None if work_dir is None else (Path(work_dir), fingerprint or {})
+        return _train(task, train_set, val_set, cfg, Path(out_dir), Path(live_dir), resume, progress, env, work)
     finally:
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.utils.deterministic.fill_uninitialized_memory = fill
@@ -172,7 +195,7 @@ def train(task: TrainTask, train_set: Dataset, val_set: Dataset | None, cfg: Tra
 
 
 def _train(task, train_set, val_set, cfg: TrainConfig, out_dir: Path, live_dir: Path, resume: bool,
-           progress: bool | None, env: D.DistEnv) -> dict:
+           progress: bool | None, env: D.DistEnv, work: tuple[Path, dict] | None = None) -> dict:
     if cfg.batch_size % env.world_size:
         raise ParamsError(f"train.batch_size = {cfg.batch_size}: must be divisible by the {env.world_size} DDP ranks")
     if task.mode not in ("min", "max"):
@@ -202,7 +225,15 @@ def _train(task, train_set, val_set, cfg: TrainConfig, out_dir: Path, live_dir: 
     seed_everything(derive_seed(cfg.seed, 1 + env.rank))  # per-rank stream for dropout/augmentation
 
     # Resume or start fresh --------------------------------------------------------------------------
-    last = out_dir / "last.safetensors"
+    ckpt_dir, live_run = out_dir, live_dir     # where this run writes (the work folder, if any)
+    if work is not None:
+        ckpt_dir, live_run = work[0], W.live_folder(work[0], live_dir)
+        identity = {"task": f"{type(task).__module__}.{type(task).__qualname__}", "config": _recorded(cfg),
+                    "device": env.device.type, "torch": torch.__version__, "steps_per_epoch": steps_per_epoch,
+                    "live": live_run.name, "fingerprint": work[1]}
+        resume = D.broadcast(W.prepare(ckpt_dir, identity, out_dir, live_dir, resume) if env.is_main else None,
+                             env)
+    last = ckpt_dir / "last.safetensors"
     start_epoch, step, best, best_epoch, resumed, val = 0, 0, None, None, None, {}
     last_good, good_epoch = None, 0
     if resume and last.is_file():
@@ -210,15 +241,19 @@ def _train(task, train_set, val_set, cfg: TrainConfig, out_dir: Path, live_dir: 
         start_epoch, step, resumed = state["epoch"], state["global_step"], state["epoch"]
         best, best_epoch, val = state["best"]["value"], state["best"]["epoch"], state.get("metrics") or {}
         last_good, good_epoch = last, start_epoch
+        if env.is_main:
+            _epoch_copies(last, ckpt_dir, start_epoch, best_epoch == start_epoch, cfg)  # a kill may have cut them
+            print(f"{ckpt_dir}: resumed from epoch {start_epoch}/{cfg.epochs} (step {step})", file=sys.stderr,
+                  flush=True)
     elif env.is_main:
-        _clear_old(out_dir)
+        _clear_old(ckpt_dir)
     model_ddp = model
     if env.enabled:
         model_ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
             find_unused_parameters=task.find_unused_parameters)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    live = LiveLog(live_dir, resume_step=step if resumed is not None else None) if env.is_main else None
+    live = LiveLog(live_run, resume_step=step if resumed is not None else None) if env.is_main else None
     train_logs: dict[str, float] = {}
 
     try:
@@ -285,27 +320,23 @@ def _train(task, train_set, val_set, cfg: TrainConfig, out_dir: Path, live_dir: 
                      "scaler": scaler.state_dict() if scaler is not None else {}}
             rngs = D.gather(rng_state(), env)  # after validation: exactly what the next epoch starts from
             if env.is_main:
-                save_checkpoint(last, model, optimizer, state, rngs)
-                if improved and cfg.save_best:
-                    copy_checkpoint(last, out_dir / "best.safetensors")
-                if cfg.keep_every_epochs and (epoch + 1) % cfg.keep_every_epochs == 0:
-                    copy_checkpoint(last, out_dir / f"epoch_{epoch + 1:04d}.safetensors")
-                if is_last:
-                    copy_checkpoint(last, out_dir / "final.safetensors")
-                if evaluated:
+                if evaluated:  # logs first: a resume from the previous epoch drops them again
                     live.log({f"val/{k}": v for k, v in val.items()}, step)
                 live.flush()
+                save_checkpoint(last, model, optimizer, state, rngs)
+                _epoch_copies(last, ckpt_dir, epoch + 1, improved, cfg)
                 line = task.epoch_log(epoch + 1, train_logs, val if evaluated else {}, lrs)
                 if line:
                     tqdm.write(line)
             last_good, good_epoch = last, epoch + 1
-        final = out_dir / "final.safetensors"
-        if env.is_main and start_epoch == cfg.epochs and not final.is_file():  # died between last and final
-            copy_checkpoint(last, final)
         D.barrier(env)
     finally:
         if live is not None:
             live.close()
+    if work is not None:
+        if env.is_main:
+            W.publish(ckpt_dir, out_dir, live_dir)
+        D.barrier(env)
 
     task.model = model
     ckpts = {n: out_dir / f"{n}.safetensors" for n in CHECKPOINT_NAMES}
