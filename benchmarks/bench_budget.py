@@ -54,12 +54,13 @@ def run_stage(stage: str, force: bool) -> dict:
     code = ("import resource, subprocess, sys, time\n"
             f"cmd = ['dvc', 'repro', '--single-item', {stage!r}] + (['--force'] if {force} else [])\n"
             "t = time.perf_counter(); r = subprocess.run(cmd, capture_output=True, text=True)\n"
-            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)\n"
+            "ran = int('Running stage' in r.stdout + r.stderr)\n"
+            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode, ran)\n"
             "sys.stderr.write(r.stdout[-2000:] + r.stderr[-2000:])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    seconds, kib, rc = res.stdout.split()
-    ran = "Running stage" in res.stderr
-    return {"stage": stage, "seconds": float(seconds), "peak_gib": int(kib) / 2 ** 20, "ran": ran, "rc": int(rc)}
+    seconds, kib, rc, ran = res.stdout.split()
+    return {"stage": stage, "seconds": float(seconds), "peak_gib": int(kib) / 2 ** 20, "ran": ran == "1",
+            "rc": int(rc)}
 
 
 def matmul_peak_gflops() -> float:
