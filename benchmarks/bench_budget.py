@@ -95,7 +95,11 @@ def main(argv=None) -> int:
         subprocess.run(["dvc", "repro"], capture_output=True, check=True)
         noop.append(time.perf_counter() - t)
     total = sum(r["seconds"] for r in rows)
-    result = {"stages": rows, "total_s": total, "noop_s": statistics.median(noop),
+    import datetime
+    import os
+
+    result = {"measured": f"{datetime.date.today().isoformat()}, {os.cpu_count()} CPU cores",
+              "stages": rows, "total_s": total, "noop_s": statistics.median(noop),
               "matmul_peak_gflops": matmul_peak_gflops(),
               "budget": {"total_s": BUDGET_S, "noop_s": NOOP_S, "peak_gib": MEMORY_GB}}
     print(f"total {total / 60:.1f} min (budget {BUDGET_S / 60:.0f}), no-op repro {result['noop_s']:.2f} s, matmul "

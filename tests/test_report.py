@@ -31,6 +31,7 @@ def test_every_part_with_its_table_verdicts_and_figures(built, tmp_path):
     _, md, html = built
     for title in SECTIONS:
         assert f"## {title}" in md and title in html, title
+    assert md.count("Wall time: ") == len(SECTIONS)                     # from reports/budget.json
     held, total = map(int, re.search(r"\*\*(\d+) of (\d+) verdicts hold", md).groups())
     assert total >= 10 and held == md.count("✅") and total - held == md.count("❌")
     for rel in re.findall(r'<img src="([^"]+)"', md):                     # Markdown: paths relative to the file

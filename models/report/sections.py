@@ -60,12 +60,30 @@ def changed_params(params: dict) -> dict[str, dict]:
     return out
 
 
+def wall_times(reports: Path) -> dict:
+    """``{stage: seconds}`` from the last budget run (``benchmarks/bench_budget.py`` writes ``reports/budget.json``;
+    the stages themselves record no time, since their outputs must be the same bytes on every run)."""
+    path = reports / "budget.json"
+    if not path.is_file():
+        return {}
+    data = read_json(path)
+    return {"_measured": data.get("measured", "date unknown"),
+            **{r["stage"]: float(r["seconds"]) for r in data.get("stages", [])}}
+
+
+def timing_paragraph(times: dict, stages: tuple[str, ...]) -> Paragraph:
+    known = [f"`{s}` {times[s]:.0f} s" for s in stages if s in times]
+    if not known:
+        return Paragraph("Wall time: not measured (run `python -m benchmarks.bench_budget`).")
+    return Paragraph(f"Wall time: {', '.join(known)} (last budget run: {times['_measured']}).")
+
+
 def params_paragraph(changed: dict, sections: tuple[str, ...]) -> Paragraph:
     items = [f"`{s}.{k}` = `{v!r}` (default `{d!r}`)" for s in sections for k, (v, d) in changed.get(s, {}).items()]
     return Paragraph("Params that differ from the defaults: " + ("; ".join(items) if items else "none") + ".")
 
 
-def data_section(reports: Path, changed: dict) -> list:
+def data_section(reports: Path, changed: dict, times: dict) -> list:
     world = read_json(reports / "synth_world.json")
     cache = read_json(reports / "gt_cache.json")
     details = read_json(reports / "gt_cache_details.json")
@@ -77,17 +95,17 @@ def data_section(reports: Path, changed: dict) -> list:
         if isinstance(per_class, dict):
             rows.append([f"map elements per {split} sample",
                          ", ".join(f"{k} {fmt(v, 3)}" for k, v in per_class.items())])
-    return [Heading("Data: synthetic world and GT cache"), params_paragraph(changed, ("data", "synth", "cache")),
+    return [Heading("Data: synthetic world and GT cache"), params_paragraph(changed, ("data", "synth", "cache")), timing_paragraph(times, ("synth_world", "gt_cache")),
             Table(["what", "count"], rows),
             Figures(figures(reports / "synth_world", ["town_boston-seaport.png", "cameras.png"]),
                     "The procedurally generated town (one location) and the six cameras of one key frame.")]
 
 
-def tracks_section(reports: Path, changed: dict) -> list:
+def tracks_section(reports: Path, changed: dict, times: dict) -> list:
     m = read_json(reports / "tracks.json")
     d = read_json(reports / "tracks_details.json")
     val = d.get("val", {})
-    blocks = [Heading("Point tracks"), params_paragraph(changed, ("tracks",)),
+    blocks = [Heading("Point tracks"), params_paragraph(changed, ("tracks",)), timing_paragraph(times, ("tracks",)),
               Paragraph(f"Backend `{d.get('backend')}`, truth: {d.get('truth')}; val: {fmt(val.get('clips', 0))} "
                         f"clips, {fmt(val.get('frames', 0))} frames, {fmt(val.get('points', 0))} query points.")]
     if "tracker" in m:
@@ -101,7 +119,7 @@ def tracks_section(reports: Path, changed: dict) -> list:
     return blocks
 
 
-def tokenizer_section(reports: Path, changed: dict) -> list:
+def tokenizer_section(reports: Path, changed: dict, times: dict) -> list:
     m = read_json(reports / "tokenizer" / "metrics.json")
     d = read_json(reports / "tokenizer" / "details.json")
     rows = d["rows"]
@@ -120,13 +138,13 @@ def tokenizer_section(reports: Path, changed: dict) -> list:
         beats = model < zero if lower else model > zero
         verdicts.append((beats, f"{short[k]}: the tokenizer {'beats' if beats else 'does not beat'} zero "
                                 f"motion and covers {100 * share:.1f} % of the way to the perfect-label ceiling"))
-    return [Heading("Motion tokenizer (AMPLIFY)"), params_paragraph(changed, ("tokenizer",)), table,
+    return [Heading("Motion tokenizer (AMPLIFY)"), params_paragraph(changed, ("tokenizer",)), timing_paragraph(times, ("train_tokenizer", "report_tokenizer")), table,
             Verdicts(verdicts),
             Figures(figures(reports / "tokenizer" / "figures", ["tracks_0.png", "codebook_usage.png"]),
                     "Tracks (green) and their reconstruction through the codebook (magenta); codebook usage.")]
 
 
-def planner_section(reports: Path, changed: dict) -> list:
+def planner_section(reports: Path, changed: dict, times: dict) -> list:
     m = read_json(reports / "planner" / "metrics.json")
     d = read_json(reports / "planner" / "details.json")
     names = (("planner", "ViT planner V2"), ("ego_mlp", "Ego-MLP"), ("constant_velocity", "constant velocity"),
@@ -146,12 +164,12 @@ def planner_section(reports: Path, changed: dict) -> list:
                              f"ST-P3 L2 ({fmt(m['planner']['stp3']['l2_avg'], 3)} vs "
                              f"{fmt(m['ego_mlp']['stp3']['l2_avg'], 3)} m)"))
     pngs = sorted(p.name for p in (reports / "planner" / "figures").glob("*.png"))[:2]
-    return [Heading("Planner (ViT planner V2)"), params_paragraph(changed, ("planner",)), table, Verdicts(verdicts),
+    return [Heading("Planner (ViT planner V2)"), params_paragraph(changed, ("planner",)), timing_paragraph(times, ("train_planner", "report_planner")), table, Verdicts(verdicts),
             Figures(figures(reports / "planner" / "figures", pngs),
                     "Validation samples: bird's-eye view of the planned, true and baseline trajectories.")]
 
 
-def geometry_section(reports: Path, changed: dict) -> list:
+def geometry_section(reports: Path, changed: dict, times: dict) -> list:
     conv = read_json(reports / "convert_weights.json")
     m = read_json(reports / "geometry" / "metrics.json")
     d = read_json(reports / "geometry" / "details.json")
@@ -179,14 +197,14 @@ def geometry_section(reports: Path, changed: dict) -> list:
     if "mask_iou" in model and "mask_iou" in init:
         above = model["mask_iou"] > init["mask_iou"]
         verdicts.append((above, f"dynamic-mask IoU {'above' if above else 'not above'} the converted init's"))
-    return [Heading("Temporal multi-view geometry"), params_paragraph(changed, ("geometry", "convert", "train_geometry")),
+    return [Heading("Temporal multi-view geometry"), params_paragraph(changed, ("geometry", "convert", "train_geometry")), timing_paragraph(times, ("convert_weights", "train_geometry", "report_geometry")),
             Paragraph(notes), table, Verdicts(verdicts),
             Figures(figures(reports / "geometry" / "figures", ["window_000.png"]),
                     "A validation window: images with the predicted mask, predicted and true depth, the error, "
                     "and the camera centres from above.", width_percent=70)]
 
 
-def mapdet_section(reports: Path, changed: dict) -> list:
+def mapdet_section(reports: Path, changed: dict, times: dict) -> list:
     m = read_json(reports / "mapdet" / "metrics.json")
     d = read_json(reports / "mapdet" / "details.json")
     classes = d["classes"]
@@ -197,7 +215,7 @@ def mapdet_section(reports: Path, changed: dict) -> list:
                   f"MapTR Chamfer AP (0 to 1) on {fmt(d['samples'])} val samples.")
     random = bool(m.get("mapdet_random_sources"))
     better = m["model"]["mAP"] > m["baseline"]["mAP"]
-    return [Heading("Map detection (Q-Former + frozen language model)"), params_paragraph(changed, ("mapdet",)),
+    return [Heading("Map detection (Q-Former + frozen language model)"), params_paragraph(changed, ("mapdet",)), timing_paragraph(times, ("train_mapdet", "report_mapdet")),
             Paragraph("BLIP-2 and language-model weights: " + ("**seeded random tensors in the real layouts** (no "
                                                                "real checkpoint given)." if random
                                                                else "real checkpoints.")),
