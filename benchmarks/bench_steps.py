@@ -114,24 +114,13 @@ def measure(name: str, steps: int) -> dict:
             "data_wait_share": w / (w + c), "flops_per_step": flops, "gflops_per_s": flops / c / 1e9}
 
 
-def matmul_peak_gflops() -> float:
-    import torch
-
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * 2048 ** 3 / statistics.median(times) / 1e9
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--out", default="reports/steps_bench.json")
     args = ap.parse_args(argv)
+    from benchmarks.bench_budget import matmul_peak_gflops
+
     peak = matmul_peak_gflops()
     rows = []
     for name in STAGES:
