@@ -124,7 +124,8 @@ def to_html(blocks: list, title: str) -> str:
         elif isinstance(b, Paragraph):
             out.append(f"<p>{_inline(b.text)}</p>")
         elif isinstance(b, Table):
-            out.append("<table><thead><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in b.header) + "</tr></thead><tbody>")
+            head = "".join(f"<th>{_inline(h)}</th>" for h in b.header)
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>")
             for row in b.rows:
                 out.append("<tr>" + "".join(f'<td class="n">{_inline(c)}</td>' if i and _numeric(c)
                                             else f"<td>{_inline(c)}</td>" for i, c in enumerate(row)) + "</tr>")

@@ -83,6 +83,11 @@ def params_paragraph(changed: dict, sections: tuple[str, ...]) -> Paragraph:
     return Paragraph("Params that differ from the defaults: " + ("; ".join(items) if items else "none") + ".")
 
 
+def intro(title: str, changed: dict, sections: tuple[str, ...], times: dict, stages: tuple[str, ...]) -> list:
+    """A part's heading, its changed params and its stages' wall times."""
+    return [Heading(title), params_paragraph(changed, sections), timing_paragraph(times, stages)]
+
+
 def data_section(reports: Path, changed: dict, times: dict) -> list:
     world = read_json(reports / "synth_world.json")
     cache = read_json(reports / "gt_cache.json")
@@ -95,7 +100,8 @@ def data_section(reports: Path, changed: dict, times: dict) -> list:
         if isinstance(per_class, dict):
             rows.append([f"map elements per {split} sample",
                          ", ".join(f"{k} {fmt(v, 3)}" for k, v in per_class.items())])
-    return [Heading("Data: synthetic world and GT cache"), params_paragraph(changed, ("data", "synth", "cache")), timing_paragraph(times, ("synth_world", "gt_cache")),
+    return [*intro("Data: synthetic world and GT cache", changed, ("data", "synth", "cache"), times,
+                  ("synth_world", "gt_cache")),
             Table(["what", "count"], rows),
             Figures(figures(reports / "synth_world", ["town_boston-seaport.png", "cameras.png"]),
                     "The procedurally generated town (one location) and the six cameras of one key frame.")]
@@ -105,7 +111,8 @@ def tracks_section(reports: Path, changed: dict, times: dict) -> list:
     m = read_json(reports / "tracks.json")
     d = read_json(reports / "tracks_details.json")
     val = d.get("val", {})
-    blocks = [Heading("Point tracks"), params_paragraph(changed, ("tracks",)), timing_paragraph(times, ("tracks",)),
+    blocks = [*intro("Point tracks", changed, ("tracks",), times,
+                  ("tracks",)),
               Paragraph(f"Backend `{d.get('backend')}`, truth: {d.get('truth')}; val: {fmt(val.get('clips', 0))} "
                         f"clips, {fmt(val.get('frames', 0))} frames, {fmt(val.get('points', 0))} query points.")]
     if "tracker" in m:
@@ -138,7 +145,8 @@ def tokenizer_section(reports: Path, changed: dict, times: dict) -> list:
         beats = model < zero if lower else model > zero
         verdicts.append((beats, f"{short[k]}: the tokenizer {'beats' if beats else 'does not beat'} zero "
                                 f"motion and covers {100 * share:.1f} % of the way to the perfect-label ceiling"))
-    return [Heading("Motion tokenizer (AMPLIFY)"), params_paragraph(changed, ("tokenizer",)), timing_paragraph(times, ("train_tokenizer", "report_tokenizer")), table,
+    return [*intro("Motion tokenizer (AMPLIFY)", changed, ("tokenizer",), times,
+                  ("train_tokenizer", "report_tokenizer")), table,
             Verdicts(verdicts),
             Figures(figures(reports / "tokenizer" / "figures", ["tracks_0.png", "codebook_usage.png"]),
                     "Tracks (green) and their reconstruction through the codebook (magenta); codebook usage.")]
@@ -164,7 +172,8 @@ def planner_section(reports: Path, changed: dict, times: dict) -> list:
                              f"ST-P3 L2 ({fmt(m['planner']['stp3']['l2_avg'], 3)} vs "
                              f"{fmt(m['ego_mlp']['stp3']['l2_avg'], 3)} m)"))
     pngs = sorted(p.name for p in (reports / "planner" / "figures").glob("*.png"))[:2]
-    return [Heading("Planner (ViT planner V2)"), params_paragraph(changed, ("planner",)), timing_paragraph(times, ("train_planner", "report_planner")), table, Verdicts(verdicts),
+    return [*intro("Planner (ViT planner V2)", changed, ("planner",), times,
+                  ("train_planner", "report_planner")), table, Verdicts(verdicts),
             Figures(figures(reports / "planner" / "figures", pngs),
                     "Validation samples: bird's-eye view of the planned, true and baseline trajectories.")]
 
@@ -173,7 +182,8 @@ def geometry_section(reports: Path, changed: dict, times: dict) -> list:
     conv = read_json(reports / "convert_weights.json")
     m = read_json(reports / "geometry" / "metrics.json")
     d = read_json(reports / "geometry" / "details.json")
-    keys = (("depth_abs_rel", "AbsRel ↓"), ("depth_delta1", "δ<1.25 ↑"), ("depth_median_abs_rel", "AbsRel med-aligned ↓"),
+    keys = (("depth_abs_rel", "AbsRel ↓"), ("depth_delta1", "δ<1.25 ↑"),
+            ("depth_median_abs_rel", "AbsRel med-aligned ↓"),
             ("auc30", "AUC@30 ↑"), ("rra15", "RRA@15 ↑"), ("ate_m", "ATE m ↓"), ("mask_iou", "mask IoU ↑"))
     table = Table(["predictor"] + [label for _, label in keys],
                   [[label, *(fmt(m[k][key]) if key in m[k] else "–" for key, _ in keys)]
@@ -197,7 +207,8 @@ def geometry_section(reports: Path, changed: dict, times: dict) -> list:
     if "mask_iou" in model and "mask_iou" in init:
         above = model["mask_iou"] > init["mask_iou"]
         verdicts.append((above, f"dynamic-mask IoU {'above' if above else 'not above'} the converted init's"))
-    return [Heading("Temporal multi-view geometry"), params_paragraph(changed, ("geometry", "convert", "train_geometry")), timing_paragraph(times, ("convert_weights", "train_geometry", "report_geometry")),
+    return [*intro("Temporal multi-view geometry", changed, ("geometry", "convert", "train_geometry"), times,
+                  ("convert_weights", "train_geometry", "report_geometry")),
             Paragraph(notes), table, Verdicts(verdicts),
             Figures(figures(reports / "geometry" / "figures", ["window_000.png"]),
                     "A validation window: images with the predicted mask, predicted and true depth, the error, "
@@ -215,12 +226,13 @@ def mapdet_section(reports: Path, changed: dict, times: dict) -> list:
                   f"MapTR Chamfer AP (0 to 1) on {fmt(d['samples'])} val samples.")
     random = bool(m.get("mapdet_random_sources"))
     better = m["model"]["mAP"] > m["baseline"]["mAP"]
-    return [Heading("Map detection (Q-Former + frozen language model)"), params_paragraph(changed, ("mapdet",)), timing_paragraph(times, ("train_mapdet", "report_mapdet")),
-            Paragraph("BLIP-2 and language-model weights: " + ("**seeded random tensors in the real layouts** (no "
-                                                               "real checkpoint given)." if random
-                                                               else "real checkpoints.")),
-            table, Verdicts([(better, f"the detector {'beats' if better else 'does not beat'} the mean training "
-                                      f"layout on mAP ({fmt(m['model']['mAP'], 3)} vs {fmt(m['baseline']['mAP'], 3)})")]),
+    weights = ("**seeded random tensors in the real layouts** (no real checkpoint given)." if random
+               else "real checkpoints.")
+    verdict = (f"the detector {'beats' if better else 'does not beat'} the mean training layout on mAP "
+               f"({fmt(m['model']['mAP'], 3)} vs {fmt(m['baseline']['mAP'], 3)})")
+    return [*intro("Map detection (Q-Former + frozen language model)", changed, ("mapdet",), times,
+                  ("train_mapdet", "report_mapdet")),
+            Paragraph("BLIP-2 and language-model weights: " + weights), table, Verdicts([(better, verdict)]),
             Figures(figures(reports / "mapdet" / "figures", ["sample_000.png"]),
                     "A validation sample: the six cameras above the bird's-eye view of GT (thick) and predictions "
                     "(dashed).", width_percent=60)]
