@@ -37,7 +37,13 @@ def _main(argv: list[str] | None) -> None:
     from models.planner.figures import default_figure_indices, write_planner_figures
     from models.planner.config import PlannerConfig
     from models.planner.model import ViTPlannerV2
-    from models.planner.report import kinematic_predictions, planning_report
+    from models.planner.report import (
+        IMAGE_ABLATION,
+        FixedImages,
+        image_ablation,
+        kinematic_predictions,
+        planning_report,
+    )
     from models.planner.training import (
         EgoMLPTask,
         EgoOnly,
@@ -58,14 +64,17 @@ def _main(argv: list[str] | None) -> None:
     planner_task = PlannerTask(p, None, None)
     mlp_task = EgoMLPTask(p, history_steps, None, None)
     predictions = {"planner": predict_split(planner, val, planner_task.predict),
+                   IMAGE_ABLATION: predict_split(planner, FixedImages(val), planner_task.predict),
                    "ego_mlp": predict_split(mlp, EgoOnly(val), mlp_task.predict),
                    **kinematic_predictions(val.cache.arrays, p.future_steps, p.dt)}
     report = planning_report(predictions, val.cache.arrays)
     report["samples"] = len(val)
     report["use_ego_status"] = p.use_ego_status
+    report["image_ablation_l2_cost"] = image_ablation(report["rows"])
 
     with atomic_dir(Path(args.out) / "figures") as fig_dir:
-        write_planner_figures(fig_dir, val.cache, predictions, default_figure_indices(val.cache, p.figure_samples))
+        drawn = {k: v for k, v in predictions.items() if k != IMAGE_ABLATION}
+        write_planner_figures(fig_dir, val.cache, drawn, default_figure_indices(val.cache, p.figure_samples))
     write_json(Path(args.out) / "details.json", report)
     write_json(Path(args.out) / "metrics.json", {
         name: {conv: {k: row[conv][k] for k in ("l2_avg", "col_avg")} for conv in row}

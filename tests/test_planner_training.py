@@ -180,13 +180,27 @@ def test_report_planner_scores_every_row_under_both_conventions(trained):
     rep = json.loads((trained / "report" / "details.json").read_text())
     assert head == {name: {conv: {k: row[conv][k] for k in ("l2_avg", "col_avg")} for conv in row}
                     for name, row in rep["rows"].items()}
-    assert set(rep["rows"]) == {"planner", "ego_mlp", "constant_velocity", "constant_turn_rate"}
+    assert set(rep["rows"]) == {"planner", "planner_fixed_image", "ego_mlp", "constant_velocity",
+                                "constant_turn_rate"}
+    assert set(rep["image_ablation_l2_cost"]) == {"uniad", "stp3"}
     keys = {f"{m}_{k}" for m in ("l2", "col") for k in ("1s", "2s", "3s", "avg")}
     for row in rep["rows"].values():
         assert set(row) == {"uniad", "stp3"} and all(set(row[c]) == keys for c in row)
-    assert set(rep["beats_constant_velocity"]) == {"planner", "ego_mlp", "constant_turn_rate"}
+    assert set(rep["beats_constant_velocity"]) == {"planner", "planner_fixed_image", "ego_mlp", "constant_turn_rate"}
     figures = sorted((trained / "report" / "figures").iterdir())
     assert len(figures) == 1 and figures[0].suffix == ".png"
+
+
+def test_fixed_images_replace_only_the_frames():
+    from models.planner.report import FixedImages
+
+    items = [{"frames": np.full((2, 1, 3, 4, 4), k, np.uint8), "target": np.full((6, 2), k, np.float32)}
+             for k in range(3)]
+    fixed = FixedImages(items, index=1)
+    assert len(fixed) == 3
+    for k in range(3):
+        assert (fixed[k]["frames"] == 1).all() and (fixed[k]["target"] == k).all()
+    assert (items[2]["frames"] == 2).all()                                  # the samples themselves untouched
 
 
 def test_report_planner_is_deterministic(trained, synth_cache):

@@ -3,6 +3,8 @@
 Rows (each scored by :func:`models.planner.metrics.all_planning_metrics` under the UniAD and ST-P3 conventions):
 
     planner               ViT Planner V2 (the stage's final checkpoint)
+    planner_fixed_image   the same planner with every sample's images replaced by one fixed sample's (the image
+                          ablation: how much of the planner's accuracy comes from what it sees)
     ego_mlp               the Ego-MLP baseline trained in the same stage (final checkpoint)
     constant_velocity     last displacement of the ego history, extrapolated (no learning)
     constant_turn_rate    CTRV from the last two history poses (no learning)
@@ -15,6 +17,27 @@ from models.planner.baselines import constant_velocity, constant_velocity_yaw_ra
 from models.planner.metrics import CONVENTIONS, all_planning_metrics
 
 BASELINE = "constant_velocity"
+IMAGE_ABLATION = "planner_fixed_image"
+
+
+class FixedImages:
+    """The samples with every item's camera frames replaced by those of sample ``index`` (ego status, history and
+    targets unchanged): the planner's image ablation."""
+
+    def __init__(self, samples, index: int = 0):
+        self.samples, self.frames = samples, samples[index]["frames"]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.samples[i], "frames": self.frames}
+
+
+def image_ablation(rows: dict) -> dict:
+    """Per convention, average L2 of the planner on fixed images minus on its own images (m; > 0: images help)."""
+    return {conv: rows[IMAGE_ABLATION][conv]["l2_avg"] - rows["planner"][conv]["l2_avg"]
+            for conv in rows["planner"]}
 
 
 def kinematic_predictions(cache_arrays: dict, steps: int, dt: float) -> dict[str, np.ndarray]:

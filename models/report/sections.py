@@ -155,7 +155,8 @@ def tokenizer_section(reports: Path, changed: dict, times: dict) -> list:
 def planner_section(reports: Path, changed: dict, times: dict) -> list:
     m = read_json(reports / "planner" / "metrics.json")
     d = read_json(reports / "planner" / "details.json")
-    names = (("planner", "ViT planner V2"), ("ego_mlp", "Ego-MLP"), ("constant_velocity", "constant velocity"),
+    names = (("planner", "ViT planner V2"), ("planner_fixed_image", "ViT planner V2, one fixed image"),
+             ("ego_mlp", "Ego-MLP"), ("constant_velocity", "constant velocity"),
              ("constant_turn_rate", "constant turn rate"))
     table = Table(["model", "L2 avg (UniAD) m", "collision avg (UniAD) %", "L2 avg (ST-P3) m",
                    "collision avg (ST-P3) %"],
@@ -171,6 +172,11 @@ def planner_section(reports: Path, changed: dict, times: dict) -> list:
     verdicts.append((better, f"the planner {'beats' if better else 'does not beat'} the Ego-MLP (ego status only) on "
                              f"ST-P3 L2 ({fmt(m['planner']['stp3']['l2_avg'], 3)} vs "
                              f"{fmt(m['ego_mlp']['stp3']['l2_avg'], 3)} m)"))
+    cost = d.get("image_ablation_l2_cost")
+    if cost:
+        uses = min(cost.values()) > 0.01
+        verdicts.append((uses, f"the planner {'uses' if uses else 'barely uses'} its images: one fixed image instead "
+                               f"costs {fmt(cost['uniad'], 2)} m of UniAD L2 and {fmt(cost['stp3'], 2)} m of ST-P3 L2"))
     pngs = sorted(p.name for p in (reports / "planner" / "figures").glob("*.png"))[:2]
     return [*intro("Planner (ViT planner V2)", changed, ("planner",), times,
                   ("train_planner", "report_planner")), table, Verdicts(verdicts),
