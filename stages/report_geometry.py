@@ -20,9 +20,7 @@ from stages._cli import guarded, load_params, show_progress, stage_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.train import CheckpointError
-
-    return guarded(_main, argv, (FileNotFoundError, ValueError, CheckpointError))
+    return guarded(_main, argv, (ValueError,))   # + the shared input errors of stages._cli
 
 
 def _main(argv: list[str] | None) -> None:

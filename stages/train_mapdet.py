@@ -22,13 +22,9 @@ from stages._cli import guarded, load_params, show_progress, stage_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.mapdet.checkpoints import CheckpointFolderError
-    from models.mapdet.data import MapInputError
-    from models.planner.data import ImageDecodeError
-    from models.train import CheckpointError, TrainingDiverged
+    from models.train import TrainingDiverged
 
-    return guarded(_main, argv, (FileNotFoundError, ValueError, CheckpointError, CheckpointFolderError, MapInputError,
-                                 ImageDecodeError, TrainingDiverged))
+    return guarded(_main, argv, (ValueError, TrainingDiverged))   # + the shared input errors of stages._cli
 
 
 def _main(argv: list[str] | None) -> None:

@@ -82,7 +82,6 @@ def test_changed_params_are_listed_and_no_output_keys_are_not(tmp_path):
 def test_html_loads_in_a_headless_browser_without_errors(built):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     out, _, _ = built
-    page_file = out.parent / "report_out" / "report.html"
     page_file = next(out.parent.glob("report_out*/report.html"))
     errors: list[str] = []
     with sync_playwright() as p:
