@@ -1,6 +1,10 @@
-"""Tokenizer training throughput and memory: the default size and the full AMPLIFY size, one process.
+"""Tokenizer training throughput and memory: the default size, the full AMPLIFY size, and the token layouts.
 
-    python -m benchmarks.bench_tokenizer [--steps 5] [--batch 32] [--tracks 400] [--horizon 16]
+    python -m benchmarks.bench_tokenizer [--steps 5] [--batch 32] [--tracks 400] [--horizon 16] [--layouts-only]
+
+``layouts``: AMPLIFY's one token per step against the quality options of docs/tokenizer.md (``point_groups``,
+``track_codes``) at the default width and batch 8 (the default's), as seconds per step and the ratio to the
+official layout measured in the same run, with the tokens and bits a window costs.
 
 Times forward + backward + AdamW steps on random tracks of the data's shape (normalised (row, col),
 small per-step motion), after one warm-up step; peak memory is the process's maximum RSS. Timings go to
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import resource
 import time
 
@@ -20,7 +25,12 @@ from models.common.params import TokenizerParams
 from models.tokenizer.config import TokenizerConfig
 from models.tokenizer.model import MotionTokenizer
 
-FULL = dict(hidden_dim=768, num_heads=8, num_layers=2, codebook_size=2048, input_scale=1.0, dropout=0.1)
+LAYOUTS = {"amplify (point_groups 1)": dict(point_groups=1, track_codes=0),
+           "point_groups 4": dict(point_groups=4, track_codes=0),
+           "track_codes 256": dict(point_groups=1, track_codes=256),
+           "point_groups 4 + track_codes 256": dict(point_groups=4, track_codes=256)}
+FULL = dict(hidden_dim=768, num_heads=8, num_layers=2, codebook_size=2048, input_scale=1.0, dropout=0.1, point_groups=1,
+            track_codes=0)
 
 
 def _rss_mb() -> float:
@@ -46,7 +56,12 @@ def measure(params: TokenizerParams, steps: int, batch: int, tracks: int, horizo
     for _ in range(steps):
         one()
     dt = (time.perf_counter() - t) / steps
-    return {"params": int(model.num_params), "seconds_per_step": round(dt, 3),
+    tokens, bits = model.num_tokens, model.num_tokens * math.log2(model.num_codes)
+    if model.num_track_codes:
+        tokens += model.num_tracks
+        bits += model.num_tracks * math.log2(model.num_track_codes)
+    return {"params": int(model.num_params), "seconds_per_step": round(dt, 3), "tokens_per_window": tokens,
+            "bits_per_window": round(bits),
             "samples_per_second": round(batch / dt, 1), "peak_rss_mb": round(_rss_mb())}
 
 
@@ -57,14 +72,23 @@ def main(argv=None) -> dict:
     ap.add_argument("--tracks", type=int, default=400)
     ap.add_argument("--horizon", type=int, default=16)
     ap.add_argument("--out", default="")
+    ap.add_argument("--layouts-only", action="store_true")
     args = ap.parse_args(argv)
     default = TokenizerParams()
-    res = {"default": measure(default, args.steps, args.batch, args.tracks, args.horizon)}
+    layouts = {name: measure(dataclasses.replace(default, **kw), args.steps, 8, args.tracks, args.horizon)
+               for name, kw in LAYOUTS.items()}
+    base = layouts["amplify (point_groups 1)"]["seconds_per_step"]
+    for row in layouts.values():
+        row["time_ratio_to_amplify"] = round(row["seconds_per_step"] / base, 2)
+    res = {"layouts": layouts, "threads": torch.get_num_threads()}
+    if args.layouts_only:
+        print(json.dumps(res, indent=1))
+        return res
+    res["default"] = measure(default, args.steps, args.batch, args.tracks, args.horizon)
     res["amplify_full"] = measure(dataclasses.replace(default, **FULL), max(args.steps // 2, 1), args.batch,
                                   args.tracks, args.horizon)
     res["ratio_full_to_default_time"] = round(res["amplify_full"]["seconds_per_step"]
                                               / res["default"]["seconds_per_step"], 2)
-    res["threads"] = torch.get_num_threads()
     print(json.dumps(res, indent=1))
     if args.out:
         from models.common.io import write_json

@@ -7,8 +7,9 @@
 Scores ``final.safetensors``, the weights after the last epoch: ``best`` was chosen on these same val windows,
 so its numbers would be optimistic (report_planner scores ``final`` too). Writes ``<out>/metrics.json`` (MSE,
 normalised accuracy, delta-AUC and label accuracy of the model and of zero motion, codes used),
-``<out>/details.json`` (every metric of the model, zero motion and the perfect-label ceiling, codebook usage,
-which metrics beat zero motion) and ``<out>/figures/`` (GT vs reconstructed tracks over the first frame of fixed
+``<out>/details.json`` (every metric of the model, zero motion, the perfect-label ceiling and the no-learning
+references, over all steps and over visible points, each row's share of the way from zero motion to the ceiling,
+codebook usage, which metrics beat zero motion) and ``<out>/figures/`` (GT vs reconstructed tracks over the first frame of fixed
 val windows, codebook usage histogram).
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ GT_ONLY = ("nonzero_gt_percent",)
 DEGENERATE_FOR_ZERO_MOTION = ("cross_track_l2",)
 # metrics.json name -> report name, per row: short names keep `dvc exp show` narrow (docs/data.md)
 HEADLINE = {"mse": "mse", "norm_acc": "normalized_accuracy", "delta_auc": "delta_auc"}
+SHARES = {"mse": "mse", "auc": "delta_auc"}  # metrics.json <name>_share: the way from zero motion to the ceiling
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +49,8 @@ def _main(argv: list[str] | None) -> None:
     import numpy as np
 
     from models.tokenizer.model import MotionTokenizer
-    from models.tokenizer.report import (LOWER_IS_BETTER, beats, draw_codebook_histogram, draw_tracks,
-                                         reconstruction_report)
+    from models.tokenizer.report import (LOWER_IS_BETTER, beats, draw_codebook_histogram, draw_gap_shares,
+                                         draw_tracks, reconstruction_report)
     from models.tokenizer.training import TrackWindows
     from models.train import load_weights
 
@@ -59,7 +61,9 @@ def _main(argv: list[str] | None) -> None:
     rows = rep["rows"]
     # properties of the ground truth alone (equal for every row) are not reconstruction metrics
     metrics = [m for m in rows["model"] if isinstance(rows["model"][m], float) and m not in GT_ONLY]
-    summary = {"windows": rep["windows"], "rows": rows, "codebook": rep["codebook"],
+    summary = {"windows": rep["windows"], "rows": rows, "rows_visible": rep["rows_visible"], "share": rep["share"],
+               "visible_point_share": rep["visible_share"], "visible_step_share": rep["visible_step_share"],
+               "codebook": rep["codebook"],
                "beats_zero_motion": {m: beats(rows, m) for m in metrics},
                "lower_is_better": list(LOWER_IS_BETTER)}
     summary["excluded_from_verdict"] = {m: "zero motion scores 0 by the official definition (a single-point "
@@ -75,13 +79,22 @@ def _main(argv: list[str] | None) -> None:
             draw_tracks(frames(i), windows.arrays["tracks"][i], rep["pred"][i], params.img_size,
                         fig_dir / f"tracks_{k}.png", f"val window {i}: GT (green) vs reconstructed (magenta)")
         draw_codebook_histogram(rep["indices"], rep["codebook"]["codebook_size"], fig_dir / "codebook_usage.png")
+        draw_gap_shares(rep["share"], fig_dir / "gap_to_ceiling.png")
     write_json(Path(args.out) / "details.json", summary)
+    share, vis = rep["share"], rep["rows_visible"]
     write_json(Path(args.out) / "metrics.json", {
-        "model": {**{k: rows["model"][v] for k, v in HEADLINE.items()}, "codes": rep["codebook"]["unique_codes"]},
+        "model": {**{k: rows["model"][v] for k, v in HEADLINE.items()}, "codes": rep["codebook"]["unique_codes"],
+                  **{f"{k}_share": share["all_steps"]["model"][v] for k, v in SHARES.items()}},
+        # the same model scored on visible points only (lost LK points frozen in place left out)
+        "model_visible": {**{k: vis["model"][v] for k, v in HEADLINE.items()},
+                          **{f"{k}_share": share["visible_steps"]["model"][v] for k, v in SHARES.items()}},
         "zero": {k: rows["zero_motion"][v] for k, v in HEADLINE.items()}})  # the zero-motion reference
     m, z = rows["model"], rows["zero_motion"]
+    a, v = share["all_steps"]["model"], share["visible_steps"]["model"]
     print(f"report_tokenizer: {rep['windows']} val windows; mse {m['mse']:.5f} (zero motion {z['mse']:.5f}), "
-          f"delta_auc {m['delta_auc']:.3f} ({z['delta_auc']:.3f}); codebook {rep['codebook']['unique_codes']} "
+          f"delta_auc {m['delta_auc']:.3f} ({z['delta_auc']:.3f}); way to the ceiling: mse {a['mse']:.1%}, "
+          f"delta_auc {a['delta_auc']:.1%} (visible points: {v['mse']:.1%}, {v['delta_auc']:.1%}); "
+          f"codebook {rep['codebook']['unique_codes']} "
           f"codes used; beats zero motion on every metric (but {', '.join(DEGENERATE_FOR_ZERO_MOTION)}): "
           f"{summary['beats_zero_motion_all']}")
 

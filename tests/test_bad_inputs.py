@@ -230,11 +230,10 @@ def _rewrite(path: Path, edit) -> None:
 def _resave(path: Path, edit) -> None:
     """Write a well-formed checkpoint (a valid digest) whose model keys went through ``edit``."""
     from models.common.params import PlannerParams
-    from models.planner.config import PlannerConfig
-    from models.planner.model import ViTPlannerV2
+    from models.planner.training import build_planner
     from models.train.checkpoint import load_weights, save_checkpoint
 
-    model = ViTPlannerV2(PlannerConfig.from_params(PlannerParams(**TINY_PLANNER)))
+    model = build_planner(PlannerParams(**TINY_PLANNER), history_steps=4, route_points=8)
     state = load_weights(path, model)
 
     class Edited(torch.nn.Module):
@@ -328,7 +327,7 @@ def test_report_planner_bad_checkpoint(case, planner_models, synth_cache, tmp_pa
 
     models = tmp_path / "models"
     shutil.copytree(planner_models / "models", models)
-    bad = models / "planner" / "final.safetensors"
+    bad = models / "planner" / "best.safetensors"                # what report_planner scores
     expected = CHECKPOINT_CASES[case](bad)
     out = sentinel(tmp_path / "report")
     before = snapshot(out, models)
@@ -341,19 +340,17 @@ def test_report_planner_bad_checkpoint(case, planner_models, synth_cache, tmp_pa
 def test_the_intact_checkpoint_loads(planner_models):
     """The positive control of the cases above."""
     from models.common.params import PlannerParams
-    from models.planner.config import PlannerConfig
-    from models.planner.model import ViTPlannerV2
+    from models.planner.training import build_planner
     from models.train.checkpoint import load_weights
 
-    model = ViTPlannerV2(PlannerConfig.from_params(PlannerParams(**TINY_PLANNER)))
+    model = build_planner(PlannerParams(**TINY_PLANNER), history_steps=4, route_points=8)
     assert load_weights(planner_models / "models" / "planner" / "final.safetensors", model)["epoch"] == 1
 
 
 def test_every_checkpoint_reader_checks_the_digest(planner_models, tmp_path):
     """read_state, read_tensors, load_weights, load_optimizer and load_rng all refuse a flipped weight byte."""
     from models.common.params import PlannerParams
-    from models.planner.config import PlannerConfig
-    from models.planner.model import ViTPlannerV2
+    from models.planner.training import build_planner
     from models.train.checkpoint import (CheckpointError, load_optimizer, load_rng, load_weights, read_state,
                                          read_tensors)
 
@@ -363,7 +360,7 @@ def test_every_checkpoint_reader_checks_the_digest(planner_models, tmp_path):
     bad = tmp_path / "last.safetensors"
     shutil.copyfile(good, bad)
     [needle] = _weight_byte(bad)
-    model = ViTPlannerV2(PlannerConfig.from_params(PlannerParams(**TINY_PLANNER)))
+    model = build_planner(PlannerParams(**TINY_PLANNER), history_steps=4, route_points=8)
     params = list(model.parameters())                   # one parameter per saved group name: names are checked
     optimizer = torch.optim.AdamW([{"params": [params[i]], "name": g["name"]}
                                    for i, g in enumerate(state["optimizer"]["param_groups"])])

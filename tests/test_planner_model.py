@@ -32,6 +32,8 @@ def _small(**kw) -> PlannerConfig:
 
 # -------------------------------------------------------------------------------------------------- config
 
+SEED_PATH = dict(ego_path="queries", route_input="none")  # the seed's architecture (tests/test_planner_route.py: the rest)
+
 
 def test_config_from_params_takes_only_the_architecture():
     p = PlannerParams(cameras=["CAM_FRONT", "CAM_BACK"], epochs=3, lr=0.1, num_workers=2, figure_samples=0)
@@ -129,7 +131,7 @@ def _check_forward_backward(p: PlannerConfig, b: int = 2, ego: bool = False):
 
 
 def test_forward_backward_default_size():
-    p = PlannerConfig.from_params(PlannerParams())
+    p = PlannerConfig.from_params(PlannerParams(**SEED_PATH))
     model = _check_forward_backward(p, ego=True)
     assert model.encoder.pos_embed is None
     assert model.num_memory_tokens == 4 * 25
@@ -223,18 +225,18 @@ def expected_parameters(p: PlannerConfig) -> int:
                                 {"compression_hidden_dim": 100, "compression_num_layers": 3},
                                 {"use_ego_status": True, "num_cameras": 2}])
 def test_parameter_count_matches_the_formula(kw):
-    p = dataclasses.replace(PlannerConfig.from_params(PlannerParams()), **kw)
+    p = dataclasses.replace(PlannerConfig.from_params(PlannerParams(**SEED_PATH)), **kw)
     with torch.device("meta"):
         model = ViTPlannerV2(p)
     assert count_parameters(model) == expected_parameters(p)
 
 
 def test_default_parameter_count():
-    assert expected_parameters(PlannerConfig.from_params(PlannerParams())) == 1_348_866
+    assert expected_parameters(PlannerConfig.from_params(PlannerParams(**SEED_PATH))) == 1_348_866
 
 
 def test_v1_size_instantiates_on_meta():
-    p = PlannerConfig.from_params(PlannerParams(**V1))
+    p = PlannerConfig.from_params(PlannerParams(**V1, **SEED_PATH))
     with torch.device("meta"):
         model = ViTPlannerV2(p)
     assert model.encoder.grid == 37                          # 518 / 14 exactly

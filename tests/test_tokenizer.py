@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IMG = (128, 128)
 GRID = (15, 15)
 PX = 1 / 64  # one pixel, normalised
+AMPLIFY_LAYOUT = dict(point_groups=1, track_codes=0)  # one token per step (the default is 4 x 4 groups + track codes)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -257,7 +258,8 @@ def test_focal_from_params_file(tmp_path):
 
 
 def small_cfg(**kw) -> TokenizerConfig:
-    base = dict(hidden_dim=32, num_heads=2, num_layers=2, codebook_size=64, decoder_mlp_hidden_dim=32, dropout=0.0)
+    base = dict(hidden_dim=32, num_heads=2, num_layers=2, codebook_size=64, decoder_mlp_hidden_dim=32, dropout=0.0,
+                **AMPLIFY_LAYOUT)
     return TokenizerConfig.from_params(TokenizerParams(**{**base, **kw}))
 
 
@@ -280,7 +282,7 @@ def expected_num_params(hidden, layers, levels, views, tracks, horizon, mlp_hidd
 
 
 def test_full_amplify_size_on_meta_device():
-    full = TokenizerConfig(hidden_dim=768, num_heads=8, num_layers=2, codebook_size=2048)
+    full = TokenizerConfig(hidden_dim=768, num_heads=8, num_layers=2, codebook_size=2048, **AMPLIFY_LAYOUT)
     # AMPLIFY's default (two views, 400 tracks, horizon 16): 30,847,973 = encoder 15,400,704 + FSQ 6,916
     # + decoder 15,440,353
     assert expected_num_params(768, 2, [8, 8, 6, 5], views=2, tracks=400, horizon=16) == 30_847_973
@@ -296,7 +298,8 @@ def test_full_amplify_size_on_meta_device():
 
 def test_default_forward_backward_shapes():
     torch.manual_seed(0)
-    model = MotionTokenizer(TokenizerConfig.from_params(TokenizerParams()), num_tracks=400, track_horizon=16)
+    model = MotionTokenizer(TokenizerConfig.from_params(TokenizerParams(**AMPLIFY_LAYOUT)), num_tracks=400,
+                            track_horizon=16)
     assert model.num_params == expected_num_params(128, 2, [8, 8, 8], 1, 400, 16)
     tracks = torch.cumsum(torch.randn(2, 16, 400, 2) * 0.01, dim=1)
     out = model(model.tracks_to_velocities(tracks))

@@ -3,6 +3,7 @@ under torchrun (the tokenizer's loss is part of its forward, so the DDP wrapper 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -45,11 +46,22 @@ def test_report_scores_final_and_writes_a_numeric_headline(trained):
     assert report_tokenizer.main(["--params", str(trained / "params.yaml"), "--tracks", str(trained / "tracks"),
                                   "--model", str(trained / "model" / "final.safetensors"), "--out", str(out)]) == 0
     head = json.loads((out / "metrics.json").read_text())
-    assert set(head) == {"model", "zero"} and set(head["model"]) == {"mse", "norm_acc", "delta_auc", "codes"}
+    assert set(head) == {"model", "model_visible", "zero"}
+    assert set(head["model"]) == {"mse", "norm_acc", "delta_auc", "codes", "mse_share", "auc_share"}
+    assert set(head["model_visible"]) == {"mse", "norm_acc", "delta_auc", "mse_share", "auc_share"}
     assert all(type(v) in (int, float) for row in head.values() for v in row.values())
     details = json.loads((out / "details.json").read_text())
     assert details["rows"]["model"]["mse"] == head["model"]["mse"]
     assert details["rows"]["zero_motion"]["delta_auc"] == head["zero"]["delta_auc"]
+    assert details["rows_visible"]["model"]["delta_auc"] == head["model_visible"]["delta_auc"]
+    assert details["share"]["all_steps"]["model"]["mse"] == head["model"]["mse_share"]
+    # every reference is scored both ways, and the ceiling and zero motion pin the shares at 1 and 0
+    for scoring in ("rows", "rows_visible"):
+        assert set(details[scoring]) == {"model", "zero_motion", "perfect_labels", "affine_flow", "mean_velocity"}
+    for scoring in ("all_steps", "visible_steps"):
+        assert details["share"][scoring]["perfect_labels"]["delta_auc"] == 1.0
+        assert details["share"][scoring]["zero_motion"]["mse"] == 0.0
+    assert (out / "figures" / "gap_to_ceiling.png").stat().st_size > 0
 
 
 def test_ddp_two_processes_match_one(trained, tmp_path):
@@ -90,3 +102,29 @@ def test_an_empty_split_is_refused_with_a_message(trained, tmp_path, capsys):
                                str(tmp_path / "model"), "--live", str(tmp_path / "live"), "--no-progress"])
     assert rc == 1 and "val.safetensors: the 'val' split has no windows" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
+
+
+def test_grouped_tokens_track_codes_and_visible_loss_through_both_stages(trained, tmp_path):
+    """The quality options (issue 15) run end to end on real tracks: params -> stage -> checkpoint -> report,
+    which counts the per-track tokens in the window's budget and scores the visible points."""
+    from stages import report_tokenizer, train_tokenizer
+
+    params = tmp_path / "params.yaml"
+    yaml = YAML(typ="safe", pure=True)
+    doc = yaml.load((trained / "params.yaml").read_text())
+    doc["tokenizer"].update(point_groups=2, track_codes=16, loss_steps="visible", epochs=1)
+    with open(params, "w") as fh:
+        yaml.dump(doc, fh)
+    assert train_tokenizer.main(["--params", str(params), "--tracks", str(trained / "tracks"), "--out",
+                                 str(tmp_path / "model"), "--live", str(tmp_path / "live"), "--no-progress"]) == 0
+    assert report_tokenizer.main(["--params", str(params), "--tracks", str(trained / "tracks"), "--model",
+                                  str(tmp_path / "model" / "final.safetensors"), "--out", str(tmp_path / "report")]) == 0
+    codebook = json.loads((tmp_path / "report" / "details.json").read_text())["codebook"]
+    # 8 x 8 tracks, 8-frame windows: 7 steps x 4 groups of 64 codes (6 bits) + 64 tracks x 15 codes ([5, 3])
+    assert codebook["tokens_per_window"] == 7 * 4 + 64 and codebook["track_codebook_size"] == 15
+    assert codebook["bits_per_window"] == pytest.approx(7 * 4 * 6 + 64 * math.log2(15))
+    assert 1 <= codebook["track_codes_used"] <= 15
+    # a model built with other options cannot load these weights: the stage says which key is wrong
+    assert report_tokenizer.main(["--params", str(trained / "params.yaml"), "--tracks", str(trained / "tracks"),
+                                  "--model", str(tmp_path / "model" / "final.safetensors"),
+                                  "--out", str(tmp_path / "wrong")]) != 0

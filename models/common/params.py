@@ -120,9 +120,23 @@ class CacheParams:
     map_classes: list = _f(["divider", "ped_crossing", "boundary"], "vectorised map classes, in label order",
                            item_choices=("divider", "ped_crossing", "boundary"), min_len=1)
     max_agents: int = _f(64, "agent boxes kept per step (nearest first)", min=1)
+    route_distances: list = _f([5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0],
+                               "arc lengths (metres, increasing) ahead along the ego's planned route at which the "
+                               "route points (the honest route input) are taken; used where the dataroot has an "
+                               "ego_route.json", item_min=0.0, min_len=1)
+    route_command_distance: float = _f(25.0, "look-ahead along the route (metres) of the point whose lateral "
+                                       "offset gives route_command (>= 2 m right RIGHT, <= -2 m left LEFT, else "
+                                       "FORWARD; the UniAD / ST-P3 thresholds)", gt=0.0)
     check_files: bool = _f(True, "check every camera and LiDAR file the cache references: present, a camera JPEG "
                            "complete (start and end markers, headers parse), a LiDAR file a whole number of points")
     workers: int = _f(2, "worker processes", min=1)
+
+    def validate(self) -> None:
+        d = self.route_distances
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in d) or \
+                any(b <= a for a, b in zip(d, d[1:])) or d[0] <= 0:
+            raise ParamsError(f"params: cache.route_distances = {d!r}: must be positive numbers (metres), "
+                              "strictly increasing")
 
 
 @dataclass(frozen=True)
@@ -219,7 +233,8 @@ class TokenizerParams:
 
     Full AMPLIFY size: hidden_dim 768, num_heads 8, num_layers 2, codebook_size 2048 (30.8 M parameters with
     two views of 400 tracks) and input_scale 1.0; the default is small enough to train in minutes on a CPU.
-    The default departs from AMPLIFY in three measured ways (docs/tokenizer.md): input_scale 64, batch 8, dropout 0.
+    The default departs from AMPLIFY in measured ways (docs/tokenizer.md): input_scale 64, batch 8, dropout 0, and
+    the token layout (point_groups 4, track_codes 256; AMPLIFY's is point_groups 1, track_codes 0).
     """
 
     hidden_dim: int = _f(128, "transformer width (AMPLIFY 768); divisible by num_heads", min=8)
@@ -241,11 +256,18 @@ class TokenizerParams:
     focal_center_weight: float = _f(0.25, "focal loss: weight of elements whose label is the zero-motion class "
                                     "(others 1.0)", min=0.0)
     mask_static: bool = _f(False, "average the loss over non-static points only (the data's static flags)")
+    loss_steps: str = _f("all", "steps in the loss: all (AMPLIFY) or visible (a step counts where the track is "
+                         "visible at both ends; lost LK points are frozen, a motion no code can predict)",
+                         choices=("all", "visible"))
+    point_groups: int = _f(4, "tokens per step = point_groups^2 groups of neighbouring tracks on the query grid "
+                           "(1 = AMPLIFY: one token per step carries every track)", min=1)
+    track_codes: int = _f(256, "nominal codebook size of one more token per track and window (its own motion over "
+                          "the window), FSQ levels as codebook_size; 0 = off (AMPLIFY)", min=0)
     rel_cls_img_size: list = _f([15, 15], "[rows, cols] of the relative-displacement class grid, odd "
                                 "(AMPLIFY 15 x 15: +-7 px per step)", length=2, item_min=3)
     img_size: list = _f([128, 128], "[H, W] pixel grid the labels and metrics use; one pixel = 2 / H normalised "
                         "(AMPLIFY 128 x 128; match tracks.image_size)", length=2, item_min=2)
-    epochs: int = _f(20, "training epochs (AMPLIFY 100)", min=1)
+    epochs: int = _f(14, "training epochs (AMPLIFY 100)", min=1)
     batch_size: int = _f(8, "windows per optimiser step (AMPLIFY 256)", min=1)
     lr: float = _f(1.0e-3, "AdamW learning rate (AMPLIFY 1e-4 at full size)", gt=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay (AMPLIFY 0.0)", min=0.0)
@@ -314,6 +336,23 @@ class PlannerParams:
                               "with train-set statistics), embedded and added to every decoder query")
     ego_status_dim: int = _f(5, "length of the ego-status vector; must equal the cache's ego_status width (5)",
                              min=1)
+    route_input: str = _f("points", "honest route input of the planner (the cache's route_* arrays, from the world's "
+                          "ego route; on real nuScenes only the command, by the UniAD / ST-P3 GT rule): none, command "
+                          "(one-hot route_command) or points (command + route_points ahead); embedded and added to "
+                          "every decoder query", choices=("none", "command", "points"))
+    ego_path: str = _f("residual", "how ego state reaches the waypoints: residual (waypoints = the trained Ego-MLP's "
+                       "path + a correction decoded from images, ego status and route), fused (waypoints = an "
+                       "Ego-MLP-shaped MLP trained with the planner from scratch over the Ego-MLP's inputs and the "
+                       "perception head's predicted corridor values; no decoder) or queries (the seed: ego status "
+                       "only added to the decoder queries)", choices=("queries", "residual", "fused"))
+    ego_path_trainable: bool = _f(False, "residual: fine-tune the Ego-MLP path with the planner (false: frozen, the "
+                                  "planner learns only the correction)")
+    perception_weight: float = _f(0.0, "weight of the auxiliary perception loss: a head on the current frame's "
+                                  "image tokens predicts the nearest agent in the route corridor ahead (gap, "
+                                  "presence, speed: models/planner/perception.py, GT from the cache's agent boxes); "
+                                  "0 = no head unless ego_path is fused", min=0.0)
+    select_scenes: int = _f(1, "last scenes of the train split held out (not trained on) to select best.safetensors "
+                            "of both models; the val split is only reported", min=1)
     epochs: int = _f(12, "training epochs", min=1)
     batch_size: int = _f(16, "samples per optimiser step", min=1)
     lr: float = _f(5.0e-4, "AdamW learning rate", gt=0.0)
@@ -327,8 +366,10 @@ class PlannerParams:
                              "MB (uint8); otherwise decode per sample", min=0)
     mlp_hidden_dim: int = _f(512, "Ego-MLP baseline (AD-MLP-like) hidden width", min=1)
     mlp_layers: int = _f(3, "Ego-MLP linear layers (AD-MLP: 3)", min=1)
-    mlp_use_command: bool = _f(False, "Ego-MLP also reads the high-level command, which is derived from the GT "
-                               "future (a leak; AD-MLP uses it)")
+    mlp_use_command: bool = _f(False, "Ego-MLP also reads the GT high-level command, which is derived from the GT "
+                               "future (a leak; AD-MLP uses it): an ablation only")
+    mlp_route_input: str = _f("points", "honest route input of the Ego-MLP, as route_input: none, command or points",
+                              choices=("none", "command", "points"))
     mlp_epochs: int = _f(60, "Ego-MLP training epochs", min=1)
     mlp_lr: float = _f(1.0e-3, "Ego-MLP AdamW learning rate", gt=0.0)
     figure_samples: int = _f(6, "validation samples drawn as BEV + camera figures by report_planner", min=0)
@@ -343,7 +384,7 @@ class PlannerParams:
 
         for key in ("frames", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "compression_hidden_dim",
                     "compression_num_layers", "decoder_dim", "decoder_heads", "decoder_layers", "future_steps",
-                    "ego_status_dim"):
+                    "ego_status_dim", "select_scenes"):
             if isinstance(getattr(self, key), bool) or not isinstance(getattr(self, key), int):
                 fail(key, "must be an integer")
 

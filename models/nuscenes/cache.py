@@ -38,6 +38,19 @@ COMMANDS = ("RIGHT", "LEFT", "FORWARD")
 # (and downstream DVC stages) do not change with them
 EXECUTION_ONLY = ("workers", "check_files")
 COMMAND_THRESHOLD_M = 2.0
+ROUTE_FILE = "ego_route.json"  # <dataroot>/<version>/ego_route.json, written by models.world.generate
+ROUTE_FORMAT = "ego-route/1"
+ROUTE_SOURCES = {
+    "world_route": "the dataroot's ego_route.json (the planned route each scene's ego follows, geometry only): "
+                   "route_points at cache.route_distances along it from the current LIDAR_TOP origin projected onto "
+                   "it (monotonically along the scene); route_command from the route point at "
+                   "cache.route_command_distance (lateral x >= 2 m RIGHT, <= -2 m LEFT, else FORWARD)",
+    "gt_future_rule": "no route file (real nuScenes): route_command is the UniAD / ST-P3 command, computed from the "
+                      "GT future (the last valid future waypoint's lateral x >= 2 m RIGHT, <= -2 m LEFT, else "
+                      "FORWARD: UniAD trajectory_api.py get_sdc_planning_label, ST-P3 NuscenesData.py "
+                      "get_gt_trajectory), the same as `command` and a leak as it is there; route_points are zeros "
+                      "with route_valid false",
+}
 
 # name -> (symbolic shape, dtype, meaning). H history, F future, A agents, M map elements, P points.
 ARRAYS = {
@@ -58,6 +71,12 @@ ARRAYS = {
     "future_valid": (("S", "F"), "bool", "future key frame exists in the scene"),
     "command": (("S",), "int8", "0 RIGHT, 1 LEFT, 2 FORWARD from the last valid waypoint's x (>= 2 m right, "
                                 "<= -2 m left; FORWARD without future): DERIVED FROM GT (a leak)"),
+    "route_points": (("S", "R", 2), "float32", "points of the ego's planned route at cache.route_distances ahead "
+                                                "along it, (x, y) in the current LIDAR frame; 0 where invalid "
+                                                "(see manifest route_source)"),
+    "route_valid": (("S", "R"), "bool", "route point exists (the route reaches that far; false without a route)"),
+    "route_command": (("S",), "int8", "0 RIGHT, 1 LEFT, 2 FORWARD: the honest route command (manifest "
+                                      "route_source says from what)"),
     "agent_boxes": (("S", "F+1", "A", 7), "float32", "annotated boxes [x, y, z, w, l, h, yaw] in the current "
                                                       "LIDAR frame at the current (0) and each future key frame; "
                                                       "nearest-first to the ego at that step; 0 padded"),
@@ -218,6 +237,14 @@ def process_scene(scene_token: str) -> dict:
     command = np.where(last_x >= COMMAND_THRESHOLD_M, 0, np.where(last_x <= -COMMAND_THRESHOLD_M, 1, 2))
     command[nvalid == 0] = 2
 
+    distances = np.asarray(cp.route_distances, np.float64)
+    route = ctx["routes"].get(scene_token) if ctx["routes"] is not None else None
+    if route is None:
+        route_points, route_valid = np.zeros((n, len(distances), 2)), np.zeros((n, len(distances)), bool)
+        route_command = command.copy()
+    else:
+        route_points, route_valid, route_command = route_inputs(route, g, gi, distances, cp.route_command_distance)
+
     agents = _agents(nusc, samples, g, gi, fut, fut_valid, F, A)
 
     map_points, map_class, map_closed = ctx["maps"][location].scene_elements(g[:, :2, 3], yaw_now)
@@ -238,12 +265,87 @@ def process_scene(scene_token: str) -> dict:
             "ego_status": status.astype(np.float32),
             "future_waypoints": fut.astype(np.float32), "future_valid": fut_valid,
             "command": command.astype(np.int8),
+            "route_points": route_points.astype(np.float32), "route_valid": route_valid,
+            "route_command": route_command.astype(np.int8),
             **agents,
             "map_points": map_points, "map_class": map_class, "map_closed": map_closed,
             "map_valid": map_class >= 0,
             "frame_index": np.arange(n, dtype=np.int32),
         },
     }
+
+
+def command_of(lateral_x: np.ndarray) -> np.ndarray:
+    """(n,) lateral offsets (LIDAR x, metres) -> (n,) int 0 RIGHT (>= 2 m), 1 LEFT (<= -2 m), 2 FORWARD."""
+    return np.where(lateral_x >= COMMAND_THRESHOLD_M, 0, np.where(lateral_x <= -COMMAND_THRESHOLD_M, 1, 2))
+
+
+def project_along(route: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Arc length (n,) along the polyline ``route`` (R, 2) of each of the successive positions ``points`` (n, 2).
+
+    The first position takes the earliest route segment within 1 m of its nearest distance (a route that comes
+    back near its start is not mistaken for its start); each later one the nearest segment between 1 m behind
+    the previous projection and 60 m ahead of it, so the progress along the route is monotonic."""
+    seg = np.diff(route, axis=0)                                             # (R-1, 2)
+    seg_len = np.maximum(np.linalg.norm(seg, axis=1), 1e-9)
+    s0 = np.concatenate([[0.0], np.cumsum(seg_len)])                          # (R,)
+    out = np.zeros(len(points))
+    prev = None
+    for i, p in enumerate(points):
+        u = np.clip(np.einsum("kj,kj->k", p - route[:-1], seg) / seg_len ** 2, 0.0, 1.0)  # (R-1,)
+        d = np.linalg.norm(route[:-1] + u[:, None] * seg - p, axis=1)
+        s = s0[:-1] + u * seg_len
+        if prev is None:
+            k = int(np.flatnonzero(d <= d.min() + 1.0)[0])
+        else:
+            d = np.where((s >= prev - 1.0) & (s <= prev + 60.0), d, np.inf)
+            k = int(np.argmin(d))
+        out[i] = prev = s[k]
+    return out
+
+
+def route_inputs(route: np.ndarray, g: np.ndarray, gi: np.ndarray, distances: np.ndarray,
+                 command_distance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One scene's route inputs: route (R, 2) global polyline, g / gi (n, 4, 4) lidar2global and its inverse,
+    distances (K,) metres ahead. Returns route_points (n, K, 2) in each current LIDAR frame (0 where invalid),
+    route_valid (n, K) (the route reaches that far) and route_command (n,) from the point at ``command_distance``
+    (the route's end where it is shorter)."""
+    s_route = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(route, axis=0), axis=1))])
+    s_now = project_along(route, g[:, :2, 3])                                 # (n,)
+    want = s_now[:, None] + np.concatenate([distances, [command_distance]])[None]  # (n, K+1)
+    valid = want <= s_route[-1] + 1e-6
+    xy = np.stack([np.interp(want, s_route, route[:, 0]), np.interp(want, s_route, route[:, 1])], -1)
+    z = np.broadcast_to(g[:, None, 2, 3], want.shape)                        # the LIDAR's own height: a flat route
+    pts = np.concatenate([xy, z[..., None], np.ones_like(z)[..., None]], -1)  # (n, K+1, 4) global
+    local = np.einsum("nij,nkj->nki", gi, pts)[..., :2]                       # (n, K+1, 2) current LIDAR frame
+    command = command_of(local[:, -1, 0])
+    points, valid = local[:, :-1].copy(), valid[:, :-1]
+    points[~valid] = 0.0
+    return points, valid, command
+
+
+def load_routes(table_root: Path, scene_tokens: list[str]) -> dict[str, np.ndarray] | None:
+    """scene token -> (R, 2) route polyline from ``<table_root>/ego_route.json``; None when there is no file.
+
+    Raises ``NuScenesInputError`` naming the file for a wrong format or a scene without a route of >= 2 points."""
+    path = Path(table_root) / ROUTE_FILE
+    if not path.exists():
+        return None
+    doc = V.read_json(path, "ego route file")
+    if not isinstance(doc, dict) or doc.get("format") != ROUTE_FORMAT or not isinstance(doc.get("scenes"), dict):
+        raise V.NuScenesInputError(path, f"not an ego route file: expected an object with format "
+                                         f"{ROUTE_FORMAT!r} and a 'scenes' object")
+    routes = {}
+    for tok in scene_tokens:
+        rec = doc["scenes"].get(tok)
+        try:
+            pts = np.asarray(rec["points"], np.float64)
+        except (TypeError, KeyError, ValueError):
+            pts = np.zeros((0,))
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 2 or not np.isfinite(pts).all():
+            raise V.NuScenesInputError(path, "scene has no route of >= 2 finite [x, y] points", record=tok)
+        routes[tok] = pts
+    return routes
 
 
 def _agents(nusc, samples, g, gi, fut, fut_valid, F: int, A: int) -> dict:
@@ -339,7 +441,7 @@ def _assemble(results: list[dict]) -> tuple[dict, list[dict], list[str]]:
 
 def _array_schema(cp) -> dict:
     sizes = {"H": cp.history_steps, "F": cp.future_steps, "F+1": cp.future_steps + 1, "A": cp.max_agents,
-             "P": cp.map_points}
+             "P": cp.map_points, "R": len(cp.route_distances)}
     schema = {}
     for name, (shape, dtype, meaning) in ARRAYS.items():
         schema[name] = {"shape": list(shape), "dtype": dtype, "meaning": meaning,
@@ -424,7 +526,8 @@ def prepare(data, cache, log=print) -> dict:
         maps[loc] = lmap
     timings["map_index"] = lap()
     scene_tokens = {split: [by_name[nm]["token"] for nm in names] for split, names in splits.items()}
-    return {"nusc": nusc, "cache": cache, "data": data, "maps": maps, "chains": chains, "table_root": table_root,
+    routes = load_routes(table_root, [t for toks in scene_tokens.values() for t in toks])
+    return {"routes": routes, "route_source": "gt_future_rule" if routes is None else "world_route", "nusc": nusc, "cache": cache, "data": data, "maps": maps, "chains": chains, "table_root": table_root,
             "splits": splits, "split_source": source, "scene_tokens": scene_tokens, "timings": timings}
 
 
@@ -499,10 +602,14 @@ def build_cache(data, cache, out_dir: str | Path, progress: bool = True, log=pri
         "map_classes": list(cache.map_classes), "commands": list(COMMANDS),
         "history_steps": cache.history_steps, "future_steps": cache.future_steps,
         "max_agents": cache.max_agents, "map_points": cache.map_points, "patch_size": list(cache.patch_size),
+        "route_source": ctx["route_source"], "route_rule": ROUTE_SOURCES[ctx["route_source"]],
+        "route_distances": list(cache.route_distances), "route_command_distance": cache.route_command_distance,
         "derived_from_gt": {
             "command": "computed from the GT future (UniAD / ST-P3 rule): leaks the answer when used as input",
             "ego_status": "from ego-pose finite differences; the first sample of a scene uses the next key "
-                          "frame (forward difference)"},
+                          "frame (forward difference)",
+            **({"route_command": "no route file: the GT-future command rule (a leak)"}
+               if ctx["route_source"] == "gt_future_rule" else {})},
         "arrays": _array_schema(cache),
         "files": {"arrays": "<split>/arrays.safetensors", "samples": "<split>/samples.json"},
         "frames": FRAMES,

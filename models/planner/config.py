@@ -33,6 +33,10 @@ class PlannerConfig:
     dt: float = 0.5
     use_ego_status: bool = True
     ego_status_dim: int = 5
+    route_dim: int = 0              # width of the route features added to the queries (0 = none)
+    ego_path: str = "queries"       # queries | residual (waypoints = an ego path module's + a decoded correction)
+    #                                 | fused (waypoints = an ego path module over [ego features, perceived corridor])
+    perception_dim: int = 0         # outputs of the perception head (models/planner/perception.py); 0 = no head
 
     def __post_init__(self) -> None:
         def fail(key: str, why: str):
@@ -43,6 +47,14 @@ class PlannerConfig:
                     "ego_status_dim"):
             if getattr(self, key) < 1:
                 fail(key, "must be >= 1")
+        if self.route_dim < 0:
+            fail("route_dim", "must be >= 0")
+        if self.ego_path not in ("queries", "residual", "fused"):
+            fail("ego_path", "must be queries, residual or fused")
+        if self.perception_dim < 0:
+            fail("perception_dim", "must be >= 0")
+        if self.ego_path == "fused" and not self.perception_dim:
+            fail("ego_path", "fused reads the perception head's outputs: perception_dim must be >= 1")
         if self.compression_hidden_dim < 0:
             fail("compression_hidden_dim", "must be >= 0 (0 = 4 * embed_dim)")
         if self.img_size < self.patch_size:
@@ -65,6 +77,14 @@ class PlannerConfig:
         return self.img_size // self.patch_size
 
     @classmethod
-    def from_params(cls, p) -> "PlannerConfig":
-        """The architecture keys of a ``PlannerParams`` section (errors name ``planner.<key>``)."""
-        return config_from_section(cls, "planner", p, num_cameras=len(p.cameras))
+    def from_params(cls, p, route_points: int = 0) -> "PlannerConfig":
+        """The architecture keys of a ``PlannerParams`` section (errors name ``planner.<key>``); ``route_points``:
+        points per sample of the cache's route_points (sizes the route input of ``planner.route_input``).
+        The perception head exists with ``perception_weight > 0`` or ``ego_path = fused``."""
+        from models.planner.ego_mlp import route_dim
+        from models.planner.perception import PERCEPTION_TARGETS
+
+        head = p.perception_weight > 0 or p.ego_path == "fused"
+        return config_from_section(cls, "planner", p, num_cameras=len(p.cameras),
+                                   route_dim=route_dim(p.route_input, route_points),
+                                   perception_dim=len(PERCEPTION_TARGETS) if head else 0)

@@ -7,6 +7,9 @@ Item i of :class:`PlannerSamples` (numpy; the default collate stacks them):
     ego_status      (5,) float32            cache ego_status [speed, a_long, yaw_rate, vx, vy]
     ego_history     (H, 3) float32, ego_history_valid (H,) bool
     command         () int64                0 RIGHT, 1 LEFT, 2 FORWARD (derived from the GT future: a leak)
+    route_command   () int64                the honest route command (cache route_command; manifest route_source)
+    route_points    (R, 2) float32, route_valid (R,) bool   the planned route ahead (cache route_points)
+    perception_target (K,) float32          GT corridor values the perception head learns (models/planner/perception.py)
     target          (F, 2) float32          future LIDAR (x right, y forward) waypoints, metres
     target_valid    (F,) bool
     index           () int64                the sample's index in the split
@@ -27,6 +30,7 @@ import numpy as np
 
 from models.common.params import ParamsError, PlannerParams
 from models.nuscenes.dataset import GTCacheDataset
+from models.planner.perception import corridor_targets
 
 
 class ImageDecodeError(ValueError):
@@ -93,6 +97,8 @@ class PlannerSamples:
             "ego_history": a["ego_history"].astype(np.float32),
             "ego_history_valid": a["ego_history_valid"].astype(bool),
             "command": a["command"].astype(np.int64),
+            **self._route_arrays(a, source),
+            "perception_target": corridor_targets(a, p.dt),
             "target": a["future_waypoints"][..., :2].astype(np.float32),
             "target_valid": a["future_valid"].astype(bool),
         }
@@ -103,6 +109,38 @@ class PlannerSamples:
 
     def __len__(self) -> int:
         return len(self.cache)
+
+    def _route_arrays(self, a: dict, source) -> dict:
+        """The cache's route arrays; a cache without them, or without route points where a model reads them, is
+        refused naming the param."""
+        m = self.cache.manifest
+        needs = {k: v for k, v in (("route_input", self.p.route_input), ("mlp_route_input", self.p.mlp_route_input))
+                 if v != "none"}
+        if "route_command" not in a:
+            if needs:
+                k = next(iter(needs))
+                raise ParamsError(f"params: planner.{k} = {needs[k]!r}, but the cache {source} has no route arrays "
+                                  "(written before route inputs existed); rebuild the cache")
+            return {}
+        for k, v in needs.items():
+            if v == "points" and m.get("route_source") != "world_route":
+                raise ParamsError(f"params: planner.{k} = 'points', but the cache {source} has no route geometry "
+                                  f"(route_source {m.get('route_source')!r}: the dataroot has no ego_route.json); "
+                                  "use command or none")
+        return {"route_command": a["route_command"].astype(np.int64),
+                "route_points": a["route_points"].astype(np.float32),
+                "route_valid": a["route_valid"].astype(bool)}
+
+    def selection_split(self, select_scenes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample indices (fit, select): the last ``select_scenes`` scenes of this split (by scene_index) are held
+        out to select checkpoints, the others train. Raises ``ParamsError`` if no scene would be left to train on."""
+        scene = np.asarray(self.cache.arrays["scene_index"])
+        n_scenes = int(scene.max()) + 1 if len(scene) else 0
+        if select_scenes >= n_scenes:
+            raise ParamsError(f"params: planner.select_scenes = {select_scenes}: the split has only {n_scenes} "
+                              "scenes; at least one must be left to train on")
+        held = scene >= n_scenes - select_scenes
+        return np.flatnonzero(~held), np.flatnonzero(held)
 
     def _what(self, i: int, cam: int) -> str:
         meta = self.cache.samples[i]
@@ -133,7 +171,8 @@ class PlannerSamples:
         item["index"] = np.int64(i)
         return item
 
-    def ego_statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std (floored at 1e-3) of ego_status over the split, for standardising model inputs."""
+    def ego_statistics(self, indices=None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std (floored at 1e-3) of ego_status over the split (or its ``indices``), for standardising."""
         x = self.arrays["ego_status"].astype(np.float64)
+        x = x if indices is None else x[np.asarray(indices)]
         return x.mean(0).astype(np.float32), np.maximum(x.std(0), 1e-3).astype(np.float32)

@@ -23,6 +23,18 @@ Choices the seed leaves open (stated here, used everywhere):
 - ego status (optional, ``use_ego_status``): a (B, ego_status_dim) vector, standardised (train-split statistics
   kept as buffers), linearly projected and added to every decoder query (a memory token was tried first: the
   queries learnt to ignore it, val L2 stayed at the mean-trajectory level).
+- route (optional, ``route_dim > 0``): the honest route features (``ego_mlp.route_features``), linearly projected
+  and added to every decoder query.
+- ego path (``ego_path``): ``queries`` is the above alone. ``residual``: an ego-path module (the stage passes the
+  trained Ego-MLP, frozen unless ``ego_path_trainable``) gives base waypoints (B, S, 2) from ego features; each
+  step's base waypoint (/ 10 m) is linearly embedded and added to its query, and the head's output (zero-initialised,
+  so training starts from the Ego-MLP exactly) is a correction: waypoints = base + correction. Measured on the
+  synthetic world: the seed path is worse than a plain MLP on the same ego inputs (docs/planner.md).
+  ``fused``: no decoder; waypoints = the ego-path module (an Ego-MLP trained with the planner) over the ego
+  features concatenated with the perception head's outputs, so what the images show enters through a few values.
+- perception head (``perception_dim > 0``): the current frame's connector tokens (all cameras), flattened in their
+  fixed order (so absolute image position counts), -> Linear -> GELU -> Linear -> ``perception_dim`` values,
+  trained towards the cache's corridor targets (models/planner/perception.py) by the auxiliary loss.
 """
 from __future__ import annotations
 
@@ -138,11 +150,34 @@ class PlannerDecoder(nn.Module):
 
     def forward(self, memory: torch.Tensor, query_bias: torch.Tensor | None = None) -> torch.Tensor:
         x = self.queries.expand(memory.shape[0], -1, -1)   # (B, S, D)
-        if query_bias is not None:                         # (B, D), e.g. the embedded ego status
-            x = x + query_bias[:, None]
+        if query_bias is not None:                         # (B, D) for every query (the embedded ego status) or
+            x = x + (query_bias[:, None] if query_bias.dim() == 2 else query_bias)  # (B, S, D) per query
         for block in self.blocks:
             x = block(x, memory)
         return self.norm(x)
+
+
+class PerceptionHead(nn.Module):
+    """Memory (B, M, D) -> (B, K): the last ``tokens`` memory tokens (the current frame's) flattened -> MLP -> K
+    standardised values; ``target_mean`` / ``target_std`` (buffers, the training targets' statistics, saved with
+    the weights) map them back with :meth:`unstandardise`."""
+
+    def __init__(self, tokens: int, dim: int, out_dim: int):
+        super().__init__()
+        self.tokens = tokens
+        self.mlp = linear_stack([tokens * dim, dim, out_dim], nn.GELU)
+        self.register_buffer("target_mean", torch.zeros(out_dim))
+        self.register_buffer("target_std", torch.ones(out_dim))
+
+    def set_target_normalization(self, mean, std) -> None:
+        self.target_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.target_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def unstandardise(self, values: torch.Tensor) -> torch.Tensor:
+        return values * self.target_std + self.target_mean
+
+    def forward(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.mlp(memory[:, -self.tokens:].flatten(1))
 
 
 def integrate_velocities(velocities: torch.Tensor, dt: float) -> torch.Tensor:
@@ -170,33 +205,51 @@ class VelocityHeadUnit(nn.Module):
 
 
 class ViTPlannerV2(nn.Module):
-    """forward(frames, ego_status=None) -> {"waypoints": (B, S, 2), "velocities": (B, S, 2)}.
+    """forward(frames, ego_status=None, route=None, ego_features=None) -> {"waypoints": (B, S, 2),
+    "velocities": (B, S, 2)} (+ "base": (B, S, 2) the ego path's waypoints with ``ego_path = residual``;
+    + "perception": (B, K) with a perception head; ``ego_path = fused``: "waypoints" and "perception" only).
 
     frames: (B, T, 3, H, W) with one camera, or (B, T, N, 3, H, W) with N = c.num_cameras (planner.cameras order);
     float (already normalised) or uint8 pixels, mapped to [-1, 1];
     T = c.frames (oldest first is the convention; time_embed is learnt per index), H = W = c.img_size.
     ego_status: (B, c.ego_status_dim), required when c.use_ego_status, refused otherwise.
+    route: (B, c.route_dim), required when c.route_dim > 0, refused otherwise.
+    ego_features: the ego path module's input (B, D_ego), required with ``ego_path`` residual or fused, refused
+    otherwise; fused refuses ego_status and route (they are inside ego_features).
+    ``ego_path``: the residual's ego-state module, ``forward(ego_features) -> {"waypoints": (B, S, 2)}``.
     """
 
-    def __init__(self, c: PlannerConfig):
+    def __init__(self, c: PlannerConfig, ego_path: nn.Module | None = None):
         super().__init__()
         if not isinstance(c, PlannerConfig):
             raise TypeError(f"ViTPlannerV2 takes a PlannerConfig (PlannerConfig.from_params(params)), got "
                             f"{type(c).__name__}")
         self.c = p = c
+        self.fused = fused = p.ego_path == "fused"
         self.encoder = VisionEncoderV2(p)
         self.connector = ConnectorV2(p)
-        self.ego_proj = nn.Linear(p.ego_status_dim, p.decoder_dim) if p.use_ego_status else None
+        self.perception = (PerceptionHead(self.num_memory_tokens // p.frames, p.decoder_dim, p.perception_dim)
+                           if p.perception_dim else None)
+        self.ego_proj = nn.Linear(p.ego_status_dim, p.decoder_dim) if p.use_ego_status and not fused else None
         if p.use_ego_status:  # standardisation of the ego status (train-set statistics, saved with the weights)
             self.register_buffer("ego_mean", torch.zeros(p.ego_status_dim))
             self.register_buffer("ego_std", torch.ones(p.ego_status_dim))
-        self.decoder = PlannerDecoder(p)
-        self.head = VelocityHeadUnit(p.decoder_dim, p.dt)
+        self.route_proj = nn.Linear(p.route_dim, p.decoder_dim) if p.route_dim and not fused else None
+        self.base_proj = nn.Linear(2, p.decoder_dim) if p.ego_path == "residual" else None
+        self.decoder = None if fused else PlannerDecoder(p)
+        self.head = None if fused else VelocityHeadUnit(p.decoder_dim, p.dt)
         self.apply(self._init_weights)
         for param in (self.encoder.time_embed, self.encoder.camera_embed, self.encoder.pos_embed,
-                      self.decoder.queries):
+                      None if fused else self.decoder.queries):
             if param is not None:
                 nn.init.trunc_normal_(param, std=0.02)
+        if p.ego_path == "residual":  # the correction starts at 0: the planner starts as its ego path
+            nn.init.zeros_(self.head.fc2.weight)
+            nn.init.zeros_(self.head.fc2.bias)
+        if (ego_path is not None) != (p.ego_path != "queries"):
+            raise ValueError(f"ego_path = {p.ego_path!r} needs an ego path module exactly when it is 'residual' or "
+                             f"'fused'; got {type(ego_path).__name__}")
+        self.ego_path = ego_path  # registered after init: its own (e.g. trained) weights are kept
 
     def set_ego_normalization(self, mean, std) -> None:
         """Standardise the ego status by these (ego_status_dim,) statistics (use the train split's)."""
@@ -212,7 +265,7 @@ class ViTPlannerV2(nn.Module):
 
     @property
     def head_dtype(self) -> torch.dtype:
-        return self.decoder.queries.dtype
+        return self.encoder.time_embed.dtype
 
     @property
     def num_memory_tokens(self) -> int:
@@ -220,7 +273,8 @@ class ViTPlannerV2(nn.Module):
         per_frame = compressed_grid(g, p.odd_grid) ** 2 if p.use_2x2_compression else g * g
         return p.frames * p.num_cameras * per_frame
 
-    def forward(self, frames: torch.Tensor, ego_status: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, frames: torch.Tensor, ego_status: torch.Tensor | None = None, route: torch.Tensor | None = None,
+                ego_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         p = self.c
         if frames.dim() == 5:
             frames = frames.unsqueeze(2)                             # (B, T, 1, 3, H, W)
@@ -231,6 +285,15 @@ class ViTPlannerV2(nn.Module):
         if frames.dtype == torch.uint8:                              # raw pixels -> [-1, 1]
             frames = frames.to(self.head_dtype) / 127.5 - 1.0
         memory = self.connector(self.encoder(frames))                # (B, M, D_dec)
+        perceived = self.perception(memory) if self.perception is not None else None   # (B, K)
+        if self.fused:
+            if ego_status is not None or route is not None:
+                raise ValueError("ego_path fused: ego status and route reach the planner through ego_features only")
+            if ego_features is None:
+                raise ValueError("ego_path fused: ego_features (the ego path's input) are required")
+            fused_in = torch.cat([ego_features.to(memory.dtype), perceived], dim=1)  # (B, D_ego + K)
+            waypoints = self.ego_path(fused_in)["waypoints"].to(memory.dtype)    # (B, S, 2)
+            return {"waypoints": waypoints, "perception": perceived}
         query_bias = None
         if p.use_ego_status:
             if ego_status is None or tuple(ego_status.shape) != (frames.shape[0], p.ego_status_dim):
@@ -240,8 +303,29 @@ class ViTPlannerV2(nn.Module):
             query_bias = self.ego_proj(ego)                          # (B, D_dec), added to every query
         elif ego_status is not None:
             raise ValueError("ego_status given but planner.use_ego_status is false")
+        if p.route_dim:
+            if route is None or tuple(route.shape) != (frames.shape[0], p.route_dim):
+                raise ValueError(f"route_input: route must be (B, {p.route_dim}); got "
+                                 f"{None if route is None else tuple(route.shape)}")
+            r = self.route_proj(route.to(memory.dtype))                 # (B, D_dec)
+            query_bias = r if query_bias is None else query_bias + r
+        elif route is not None:
+            raise ValueError("route given but planner.route_input is none")
+        if p.ego_path == "residual":
+            if ego_features is None:
+                raise ValueError("ego_path residual: ego_features (the ego path's input) are required")
+            base = self.ego_path(ego_features)["waypoints"].to(memory.dtype)       # (B, S, 2)
+            per_step = self.base_proj(base / 10.0)                       # (B, S, D_dec)
+            query_bias = per_step if query_bias is None else query_bias[:, None] + per_step
+        elif ego_features is not None:
+            raise ValueError("ego_features given but planner.ego_path is not residual")
         velocities, waypoints = self.head(self.decoder(memory, query_bias))  # (B, S, 2) each
-        return {"waypoints": waypoints, "velocities": velocities}
+        out = {"waypoints": waypoints, "velocities": velocities}
+        if p.ego_path == "residual":
+            out.update(waypoints=base + waypoints, base=base)
+        if perceived is not None:
+            out["perception"] = perceived
+        return out
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -251,6 +335,7 @@ def count_parameters(model: nn.Module) -> int:
 __all__ = [
     "ConnectorV2",
     "PatchCompressor2x2",
+    "PerceptionHead",
     "PlannerDecoder",
     "VelocityHeadUnit",
     "ViTPlannerV2",

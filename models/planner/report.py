@@ -2,10 +2,10 @@
 
 Rows (each scored by :func:`models.planner.metrics.all_planning_metrics` under the UniAD and ST-P3 conventions):
 
-    planner               ViT Planner V2 (the stage's final checkpoint)
+    planner               ViT Planner V2 (the stage's best checkpoint, chosen on held-out train scenes)
     planner_fixed_image   the same planner with every sample's images replaced by one fixed sample's (the image
                           ablation: how much of the planner's accuracy comes from what it sees)
-    ego_mlp               the Ego-MLP baseline trained in the same stage (final checkpoint)
+    ego_mlp               the Ego-MLP baseline trained in the same stage (best checkpoint, chosen likewise)
     constant_velocity     last displacement of the ego history, extrapolated (no learning)
     constant_turn_rate    CTRV from the last two history poses (no learning)
 """
@@ -38,6 +38,17 @@ def image_ablation(rows: dict) -> dict:
     """Per convention, average L2 of the planner on fixed images minus on its own images (m; > 0: images help)."""
     return {conv: rows[IMAGE_ABLATION][conv]["l2_avg"] - rows["planner"][conv]["l2_avg"]
             for conv in rows["planner"]}
+
+
+def perception_errors(pred: np.ndarray, target: np.ndarray) -> dict:
+    """The perception head's (S, K) outputs (unstandardised) against the corridor targets (S, K)
+    (models/planner/perception.py): gap MAE (m), presence accuracy (threshold 0.5), lead-speed MAE (m/s)."""
+    from models.planner.perception import CORRIDOR_M, SPEED_SCALE
+
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    return {"gap_mae_m": float(np.abs(pred[:, 0] - target[:, 0]).mean() * CORRIDOR_M),
+            "present_accuracy": float(((pred[:, 1] > 0.5) == (target[:, 1] > 0.5)).mean()),
+            "lead_speed_mae_mps": float(np.abs(pred[:, 2] - target[:, 2]).mean() * SPEED_SCALE)}
 
 
 def kinematic_predictions(cache_arrays: dict, steps: int, dt: float) -> dict[str, np.ndarray]:

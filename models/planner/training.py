@@ -2,18 +2,27 @@
 
 Both models minimise the L1 distance between predicted and GT waypoints (sum over x, y; mean over a sample's
 valid future steps, then over samples), as AD-MLP does. Validation reports the mean loss and the L2 error at 1 / 2 / 3 s under the
-UniAD rule (per step, invalid steps count 0 in the denominator); ``l2_avg`` picks ``best.safetensors``.
-The full metric set (both conventions, collisions) is computed by ``stages.report_planner``.
+UniAD rule (per step, invalid steps count 0 in the denominator); ``l2_avg`` picks ``best.safetensors``. The stage
+validates on the selection scenes (the last ``planner.select_scenes`` scenes of train, not trained on), never on
+the reported val split. The full metric set (both conventions, collisions) is computed by ``stages.report_planner``.
+
+With ``planner.ego_path = residual`` the planner embeds the trained Ego-MLP (its ``best`` weights) as its ego path
+and learns a correction on top (models/planner/model.py). With ``fused`` its ego path is a fresh Ego-MLP-shaped MLP
+over the Ego-MLP's features and the perception head's outputs, trained with the planner. With a perception head the
+planner's loss adds ``perception_weight`` x the smooth-L1 (beta 0.1) between the head's outputs and the cache's
+corridor targets (models/planner/perception.py), both standardised by the training samples' target statistics.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from models.common.params import PlannerParams
-from models.planner.ego_mlp import EgoMLP, ego_features, feature_dim
+from models.planner.ego_mlp import EgoMLP, ego_features, feature_dim, route_features
 from models.planner.config import PlannerConfig
 from models.planner.model import ViTPlannerV2
+from models.planner.perception import PERCEPTION_TARGETS
 from models.train import TrainConfig, TrainTask
 
 
@@ -79,57 +88,142 @@ class _WaypointTask(TrainTask):
 
 
 class PlannerTask(_WaypointTask):
-    """ViT Planner V2 on planner samples; the ego status is standardised by the train split's statistics."""
+    """ViT Planner V2 on planner samples; the ego status is standardised by the training samples' statistics.
 
-    def __init__(self, p: PlannerParams, ego_mean: np.ndarray, ego_std: np.ndarray):
+    ``ego_path_state``: the trained Ego-MLP's state dict, the residual's ego path (``ego_path = residual``; None
+    for a model whose weights are loaded afterwards, as in the report). ``fused_stats``: (mean, std) of the fused
+    ego path's input, the Ego-MLP features then the perception targets (``ego_path = fused``; None likewise).
+    ``target_stats``: (mean, std) of the perception targets, standardising the auxiliary loss."""
+
+    def __init__(self, p: PlannerParams, ego_mean: np.ndarray | None, ego_std: np.ndarray | None,
+                 history_steps: int, route_points: int, ego_path_state: dict | None = None,
+                 fused_stats: tuple | None = None, target_stats: tuple | None = None):
         self.p, self.ego_mean, self.ego_std = p, ego_mean, ego_std
+        self.history_steps, self.route_points, self.ego_path_state = history_steps, route_points, ego_path_state
+        self.fused_stats = fused_stats
+        k = len(PERCEPTION_TARGETS)
+        self.target_stats = tuple(torch.as_tensor(x, dtype=torch.float32) for x in target_stats) if target_stats \
+            else (torch.zeros(k), torch.ones(k))
 
     def build_model(self) -> ViTPlannerV2:
-        model = ViTPlannerV2(PlannerConfig.from_params(self.p))
-        if self.p.use_ego_status:
+        model = build_planner(self.p, self.history_steps, self.route_points, self.ego_path_state)
+        if self.p.use_ego_status and self.ego_mean is not None:
             model.set_ego_normalization(self.ego_mean, self.ego_std)
+        if self.p.ego_path == "fused" and self.fused_stats is not None:
+            model.ego_path.set_normalization(*self.fused_stats)
+        if model.perception is not None:
+            model.perception.set_target_normalization(*self.target_stats)
         return model
 
+    def outputs(self, model, batch) -> dict:
+        p = self.p
+        if p.ego_path == "fused":
+            return model(batch["frames"], None, None, ego_features(batch, p.mlp_use_command, p.mlp_route_input))
+        ego = batch["ego_status"] if p.use_ego_status else None
+        feats = ego_features(batch, p.mlp_use_command, p.mlp_route_input) if p.ego_path == "residual" else None
+        return model(batch["frames"], ego, route_features(batch, p.route_input), feats)
+
     def predict(self, model, batch) -> torch.Tensor:
-        ego = batch["ego_status"] if self.p.use_ego_status else None
-        return model(batch["frames"], ego)["waypoints"]
+        return self.outputs(model, batch)["waypoints"]
+
+    def loss(self, model, batch):
+        valid = batch["target_valid"].float()
+        out = self.outputs(model, batch)
+        pred = out["waypoints"]
+        loss = waypoint_l1(pred, batch["target"], valid)
+        with torch.no_grad():
+            logs = {"l2": (uniad_l2_steps(pred, batch["target"], valid).sum() / valid.sum().clamp_min(1)).item()}
+        if "perception" in out:
+            aux = perception_loss(out["perception"], batch["perception_target"], *self.target_stats)
+            logs["perception"] = float(aux.detach())
+            if self.p.perception_weight > 0:
+                loss = loss + self.p.perception_weight * aux
+        return loss, logs
+
+
+def perception_loss(pred: torch.Tensor, target: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 (beta 0.1) between the perception head's outputs (B, K) and the standardised targets (B, K),
+    mean over samples and values. The head thus predicts standardised values, which the fused ego path reads as
+    they are (mean 0, std 1 in its input statistics: :func:`fused_statistics`)."""
+    t = (target.float() - mean.to(target.device)) / std.to(target.device)
+    return F.smooth_l1_loss(pred.float(), t, beta=0.1)
+
+
+def build_planner(p: PlannerParams, history_steps: int, route_points: int,
+                  ego_path_state: dict | None = None) -> ViTPlannerV2:
+    """The planner of ``p``; with ``ego_path = residual`` its ego path is an Ego-MLP (loaded from
+    ``ego_path_state`` when given) whose parameters train only with ``ego_path_trainable``."""
+    ego_path = None
+    if p.ego_path == "residual":
+        ego_path = build_ego_mlp(p, history_steps, route_points)
+        if ego_path_state is not None:
+            ego_path.load_state_dict(ego_path_state)
+        ego_path.requires_grad_(p.ego_path_trainable)
+    elif p.ego_path == "fused":  # a fresh Ego-MLP over [ego features, perception head outputs]
+        ego_path = build_ego_mlp(p, history_steps, route_points, extra_inputs=len(PERCEPTION_TARGETS))
+    return ViTPlannerV2(PlannerConfig.from_params(p, route_points), ego_path=ego_path)
 
 
 class EgoMLPTask(_WaypointTask):
     """The Ego-MLP baseline; feature statistics from the train split."""
 
-    def __init__(self, p: PlannerParams, history_steps: int, feat_mean: np.ndarray, feat_std: np.ndarray):
+    def __init__(self, p: PlannerParams, history_steps: int, feat_mean: np.ndarray | None,
+                 feat_std: np.ndarray | None, route_points: int = 0):
         self.p, self.history_steps, self.feat_mean, self.feat_std = p, history_steps, feat_mean, feat_std
+        self.route_points = route_points
 
     def build_model(self) -> EgoMLP:
-        model = build_ego_mlp(self.p, self.history_steps)
-        model.set_normalization(self.feat_mean, self.feat_std)
+        model = build_ego_mlp(self.p, self.history_steps, self.route_points)
+        if self.feat_mean is not None:
+            model.set_normalization(self.feat_mean, self.feat_std)
         return model
 
     def predict(self, model, batch) -> torch.Tensor:
-        return model(ego_features(batch, self.p.mlp_use_command))["waypoints"]
+        return model(ego_features(batch, self.p.mlp_use_command, self.p.mlp_route_input))["waypoints"]
 
 
-def build_ego_mlp(p: PlannerParams, history_steps: int) -> EgoMLP:
-    return EgoMLP(feature_dim(history_steps, p.ego_status_dim, p.mlp_use_command), p.mlp_hidden_dim,
-                  p.mlp_layers, p.future_steps)
+def build_ego_mlp(p: PlannerParams, history_steps: int, route_points: int = 0, extra_inputs: int = 0) -> EgoMLP:
+    return EgoMLP(feature_dim(history_steps, p.ego_status_dim, p.mlp_use_command, p.mlp_route_input, route_points)
+                  + extra_inputs, p.mlp_hidden_dim, p.mlp_layers, p.future_steps)
 
 
-def feature_statistics(samples, use_command: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of :func:`ego_features` over a whole :class:`PlannerSamples` split (no images read)."""
-    a = samples.arrays
-    feats = ego_features({k: torch.from_numpy(np.asarray(a[k])) for k in
-                          ("ego_history", "ego_history_valid", "ego_status", "command")}, use_command).double()
+def route_points_of(samples) -> int:
+    """R, the route points per sample of a :class:`PlannerSamples` split (0 for a cache without them)."""
+    return int(samples.arrays["route_points"].shape[1]) if "route_points" in samples.arrays else 0
+
+
+def feature_statistics(samples, p: PlannerParams, indices=None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the Ego-MLP's :func:`ego_features` over a :class:`PlannerSamples` split (or its
+    ``indices``; no images read)."""
+    data = EgoOnly(samples, indices)
+    feats = ego_features({k: torch.from_numpy(np.asarray(v)) for k, v in data.arrays.items()},
+                         p.mlp_use_command, p.mlp_route_input).double()
     return feats.mean(0).float().numpy(), feats.std(0, unbiased=False).clamp_min(1e-3).float().numpy()
 
 
+def fused_statistics(feat_mean: np.ndarray, feat_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fused ego path's input statistics: the Ego-MLP features' then (0, 1) for the standardised perception."""
+    k = len(PERCEPTION_TARGETS)
+    return (np.concatenate([feat_mean, np.zeros(k, np.float32)]).astype(np.float32),
+            np.concatenate([feat_std, np.ones(k, np.float32)]).astype(np.float32))
+
+
+def target_statistics(samples, indices=None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (floored at 1e-3) of the perception targets over a split (or its ``indices``)."""
+    t = samples.arrays["perception_target"].astype(np.float64)
+    t = t if indices is None else t[np.asarray(indices)]
+    return t.mean(0).astype(np.float32), np.maximum(t.std(0), 1e-3).astype(np.float32)
+
+
 class EgoOnly(torch.utils.data.Dataset):
-    """A planner split without the frames (for the Ego-MLP: nothing is decoded per item)."""
+    """A planner split (or its ``indices``) without the frames (for the Ego-MLP: nothing is decoded per item)."""
 
-    KEYS = ("ego_status", "ego_history", "ego_history_valid", "command", "target", "target_valid")
+    KEYS = ("ego_status", "ego_history", "ego_history_valid", "command", "route_command", "route_points",
+            "route_valid", "target", "target_valid")
 
-    def __init__(self, samples):
-        self.arrays = {k: samples.arrays[k] for k in self.KEYS}
+    def __init__(self, samples, indices=None):
+        pick = slice(None) if indices is None else np.asarray(indices)
+        self.arrays = {k: samples.arrays[k][pick] for k in self.KEYS if k in samples.arrays}
 
     def __len__(self) -> int:
         return len(self.arrays["target"])

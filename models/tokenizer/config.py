@@ -27,6 +27,9 @@ class TokenizerConfig:
     focal_gamma: float = 2.0
     focal_center_weight: float = 0.25
     mask_static: bool = False
+    loss_steps: str = "all"                    # all (AMPLIFY) | visible
+    point_groups: int = 4                      # groups per side of the track grid; AMPLIFY 1
+    track_codes: int = 256                     # nominal codebook of one extra token per track; AMPLIFY 0 (off)
     rel_cls_img_size: tuple[int, int] = (15, 15)
     img_size: tuple[int, int] = (128, 128)
 
@@ -44,6 +47,15 @@ class TokenizerConfig:
             fail("dropout", "must lie in [0, 1)")
         if self.loss not in ("relative_ce", "focal"):
             fail("loss", "must be relative_ce or focal")
+        if self.loss_steps not in ("all", "visible"):
+            fail("loss_steps", "must be all or visible")
+        if self.track_codes:
+            try:
+                fsq_levels(self.track_codes)
+            except ValueError as exc:
+                fail("track_codes", f"0 (off) or a codebook size: {exc}")
+        if self.point_groups < 1:
+            fail("point_groups", "must be >= 1 (1 = one token per step, as AMPLIFY)")
         try:
             fsq_levels(self.codebook_size)
         except ValueError as exc:

@@ -157,3 +157,14 @@ def velocities_to_points(velocities: torch.Tensor, init_points: torch.Tensor, ti
     """
     zero = torch.zeros_like(velocities.select(time_dim, 0).unsqueeze(time_dim))
     return init_points + torch.cumsum(torch.cat([zero, velocities], dim=time_dim), dim=time_dim)
+
+
+def visible_steps(visible: torch.Tensor) -> torch.Tensor:
+    """Visibility ``(..., T, N)`` bool -> ``(..., T-1, N)``: the step t -> t+1 is visible at both ends.
+
+    A lost LK point is frozen at its last position (zero motion, visible False) for the rest of its window, an
+    occluded CoTracker point is guessed: neither step is evidence of the motion a code should carry.
+    """
+    if visible.dtype != torch.bool:
+        raise ValueError(f"visible must be a bool tensor, got {visible.dtype}")
+    return visible[..., 1:, :] & visible[..., :-1, :]

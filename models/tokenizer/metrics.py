@@ -101,6 +101,37 @@ def trajectory_metrics(pred_points: torch.Tensor, gt_points: torch.Tensor, img_s
     return {k: (float(v.item()) if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()}
 
 
+VISIBLE_METRIC_KEYS = ("mse", "l1", "normalized_accuracy", *(f"pixel_accuracy_{k}" for k in PIXEL_TOLERANCES),
+                       "delta_auc")
+
+
+def visible_trajectory_metrics(pred_points: torch.Tensor, gt_points: torch.Tensor, visible: torch.Tensor,
+                               img_size: Sequence[int]) -> dict:
+    """:func:`trajectory_metrics`' point metrics over the **visible** points only (not an AMPLIFY metric).
+
+    ``visible`` ``(..., T, N)`` bool beside points ``(..., T, N, 2)``: every mean (MSE, L1, the accuracies and so
+    delta-AUC) runs over the coordinates of points visible at that time, with the official thresholds. A lost LK
+    point is frozen in place with ``visible`` False, so these numbers leave out the steps no motion code can know.
+    """
+    if pred_points.shape != gt_points.shape or tuple(visible.shape) != tuple(gt_points.shape[:-1]):
+        raise ValueError(f"pred {tuple(pred_points.shape)}, gt {tuple(gt_points.shape)} and visible "
+                         f"{tuple(visible.shape)} do not match (..., T, N, 2) / (..., T, N)")
+    if visible.dtype != torch.bool or not bool(visible.any()):
+        raise ValueError("visible must be a bool tensor with at least one visible point")
+    mask = visible[..., None].expand_as(gt_points)
+    err = (pred_points.detach() - gt_points.detach())[mask]  # (K,) coordinates of visible points
+    px = 2.0 / img_size[0]
+    metrics = {"mse": (err ** 2).mean(), "l1": err.abs().mean(),
+               "normalized_accuracy": (err.abs() < px / 2).float().mean()}
+    accuracies = []
+    for tolerance in torch.arange(1, 11, 1):
+        accuracy = (err.abs() < tolerance * px).float().mean()
+        metrics[f"pixel_accuracy_{int(tolerance)}"] = accuracy
+        accuracies.append(accuracy.item())
+    metrics["delta_auc"] = torch.tensor(accuracies).mean()
+    return {k: float(v) for k, v in metrics.items()}
+
+
 def codebook_perplexity(indices: torch.Tensor, codebook_size: int) -> tuple[float, float]:
     """Official ``get_codebook_perplexity`` and ``get_normalized_codebook_perplexity``: ``(perplexity, normalised)``.
 

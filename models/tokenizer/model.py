@@ -7,6 +7,10 @@ embedding, ``num_layers // 2`` blocks of self-attention -> MLP -> cross-attentio
 step and track a residual ReLU MLP over ``[x, track_emb, view_emb]`` and a projection to the ``R*C`` relative
 displacement classes. With ``per_view`` every (view, step) is a token (view-major).
 
+Not AMPLIFY (``tokenizer.point_groups = g > 1``, docs/tokenizer.md): the query grid's tracks are split into g x g
+blocks of neighbours and every (step, block) is a token of its block's velocities, time-major, block-causal in
+the encoder; the decoder's queries start from each token's own code and every track reads its block's output.
+
 Module and parameter names mirror the official ones (``encoder.encoder_proj``, ``quantize``,
 ``decoder.decoder_mlp`` ...). The decoder's first MLP layer is applied to the three parts of the concatenation
 separately and broadcast (the same Linear, the same numbers up to summation order), so the ``(B, V, T-1, N, 3D)``
@@ -14,6 +18,7 @@ concatenation is never materialised.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -24,7 +29,7 @@ from einops import rearrange
 from models.tokenizer.config import TokenizerConfig
 from models.tokenizer.fsq import fsq_levels
 from models.tokenizer.labels import (center_class, logits_to_displacements, points_to_velocities,
-                                     tracks_to_labels, velocities_to_points)
+                                     tracks_to_labels, velocities_to_points, visible_steps)
 from models.tokenizer.metrics import codebook_perplexity, trajectory_metrics
 from models.tokenizer.transformer import TransformerDecoder, TransformerEncoder, causal_mask
 
@@ -47,21 +52,59 @@ def _build_fsq(levels: list[int], dim: int) -> nn.Module:
     return FSQ(levels=levels, dim=dim)
 
 
+def point_group_index(num_tracks: int, groups: int) -> torch.Tensor:
+    """Row-major query grid of ``num_tracks = g * g`` tracks -> ``(groups^2,)`` blocks of neighbouring tracks.
+
+    Track ``n = i * g + j`` (AMPLIFY's grid order, the tracks stage's ``query_grid``) belongs to block
+    ``(i * groups // g, j * groups // g)``. Returns ``(G, M)`` long track indices, blocks in row-major order, each
+    padded with ``num_tracks`` (a zero pad point) to the largest block's size M.
+    """
+    side = int(round(num_tracks ** 0.5))
+    cpu = torch.device("cpu")  # an index table, built on the CPU even under a meta default device
+    if groups == 1:
+        return torch.arange(num_tracks, device=cpu)[None]
+    if side * side != num_tracks:
+        raise ValueError(f"tokenizer.point_groups = {groups} needs the tracks on a square query grid (N = g * g), "
+                         f"got N = {num_tracks}; use point_groups 1")
+    if groups > side:
+        raise ValueError(f"tokenizer.point_groups = {groups} is more than the {side} tracks per side of the grid")
+    n = torch.arange(num_tracks, device=cpu)
+    block = (n // side * groups // side) * groups + (n % side * groups // side)  # (N,)
+    members = [n[block == b] for b in range(groups * groups)]
+    width = max(len(m) for m in members)
+    return torch.stack([F.pad(m, (0, width - len(m)), value=num_tracks) for m in members])  # (G, M)
+
+
+def block_causal_mask(steps: int, block: int) -> torch.Tensor:
+    """Causal over blocks of ``block`` tokens (one step's groups): a token sees its own step's tokens and earlier
+    steps'. ``block = 1`` is the official ``causal_mask``."""
+    return causal_mask(steps).repeat_interleave(block, 0).repeat_interleave(block, 1)
+
+
 class VAEEncoder(nn.Module):
     def __init__(self, in_dim, hidden_dim, num_heads, num_layers, dropout, views, num_timesteps, per_view, causal,
-                 input_scale=1.0):
+                 input_scale=1.0, group_index=None):
         super().__init__()
         self.input_scale = float(input_scale)  # a constant, not a parameter: checkpoints are unchanged
         self.per_view = per_view
         self.views = views
-        self.seq_len = num_timesteps * (views if per_view else 1)
+        groups = 1 if group_index is None else len(group_index)
+        self.grouped = groups > 1
+        # (G, M) track indices per token of a step (padding index N = a zero point); not saved in checkpoints
+        self.register_buffer("group_index", group_index, persistent=False)
+        steps = num_timesteps * (views if per_view else 1)
+        self.seq_len = steps * groups
         self.encoder_proj = nn.Linear(in_dim, hidden_dim)  # default PyTorch init, as the official
         self.encoder = TransformerEncoder(self.seq_len, hidden_dim, num_layers, num_heads, dropout=dropout,
-                                          attn_mask=causal_mask(self.seq_len) if causal else None)
+                                          attn_mask=block_causal_mask(steps, groups) if causal else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale != 1.0:
             x = x * self.input_scale  # tokenizer.input_scale (AMPLIFY 1.0: raw normalised velocities)
+        if self.grouped:
+            x = F.pad(x, (0, 0, 0, 1))[:, :, :, self.group_index]  # (B, V, T-1, G, M, 2), pads are zero
+            pattern = "b v t g m d -> b (v t g) (m d)" if self.per_view else "b v t g m d -> b (t g) (v m d)"
+            return self.encoder(self.encoder_proj(rearrange(x, pattern)))
         if self.per_view:
             x = rearrange(x, "b v t n d -> b (v t) (n d)")
         else:
@@ -69,16 +112,35 @@ class VAEEncoder(nn.Module):
         return self.encoder(self.encoder_proj(x))
 
 
+class TrackEncoder(nn.Module):
+    """One token per track and window (``tokenizer.track_codes``, not AMPLIFY): a track's T-1 steps
+    ``(B, V, T-1, N, 2)`` -> ``(B, V*N, D)`` through a two-layer GELU MLP, before its own FSQ. The per-step tokens
+    carry the motion every track shares in time; this carries what is a track's own for the whole window (its mean
+    motion, when it stops), which a few tokens per step cannot."""
+
+    def __init__(self, num_timesteps: int, hidden_dim: int, input_scale: float):
+        super().__init__()
+        self.input_scale = float(input_scale)
+        self.track_proj = nn.Sequential(nn.Linear(num_timesteps * 2, hidden_dim), nn.GELU(),
+                                        nn.Linear(hidden_dim, hidden_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.track_proj(rearrange(x * self.input_scale, "b v t n d -> b (v n) (t d)"))
+
+
 class VAEDecoder(nn.Module):
     def __init__(self, hidden_dim, mlp_hidden_dim, num_heads, num_layers, dropout, views, num_timesteps, num_tracks,
-                 out_dim, per_view):
+                 out_dim, per_view, track_group=None, groups=1, track_codes=False):
         super().__init__()
         self.per_view = per_view
         self.views = views
         self.num_timesteps = num_timesteps
         self.num_tracks = num_tracks
         self.hidden_dim = hidden_dim
-        self.seq_len = num_timesteps * (views if per_view else 1)
+        self.groups = groups
+        # (N,) the token group each track reads its step's feature from (grouped layout only; not saved)
+        self.register_buffer("track_group", track_group, persistent=False)
+        self.seq_len = num_timesteps * (views if per_view else 1) * groups
         self.track_pos_emb = nn.Embedding(num_tracks, hidden_dim)
         self.view_emb = nn.Embedding(views, hidden_dim)
         self.decoder_mlp = nn.Sequential(
@@ -88,25 +150,53 @@ class VAEDecoder(nn.Module):
         )
         self.decoder_proj = nn.Linear(hidden_dim, out_dim)
         self.decoder = TransformerDecoder(self.seq_len, hidden_dim, num_layers, num_heads, dropout=dropout)
+        # a fourth part of the per-track MLP's input: the track's own code (tokenizer.track_codes)
+        self.track_code_mlp = nn.Linear(hidden_dim, mlp_hidden_dim, bias=False) if track_codes else None
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes ``(B, L, D)`` -> logits ``(B, V, T-1, N, R*C)``."""
-        x = self.decoder(torch.zeros_like(codes), codes)  # zero queries; the positional embedding is added inside
+    def _to_tracks(self, y: torch.Tensor) -> torch.Tensor:
+        """Per-group features ``(B, V', T-1, G, C)`` -> each track its group's ``(B, V', T-1, N, C)``.
+
+        When the grid side is a multiple of the groups per side, blocks are expanded and reshaped (track
+        ``n = (gi * b + bi) * side + gj * b + bj`` reads group ``gi * g + gj``), whose backward is a sum over each
+        block; otherwise a gather (its scatter backward measured 1.5x slower per training step)."""
+        g = round(self.groups ** 0.5)
+        side = round(self.num_tracks ** 0.5)
+        if side % g:
+            return y[:, :, :, self.track_group]
+        b = side // g
+        batch, views, steps, _, c = y.shape
+        y = y.view(batch, views, steps, g, 1, g, 1, c).expand(batch, views, steps, g, b, g, b, c)
+        return y.reshape(batch, views, steps, self.num_tracks, c)
+
+    def forward(self, codes: torch.Tensor, track_codes: torch.Tensor | None = None) -> torch.Tensor:
+        """codes ``(B, L, D)`` [and per-track codes ``(B, V*N, D)``] -> logits ``(B, V, T-1, N, R*C)``."""
+        # AMPLIFY's queries are zeros (plus the positional embedding, added inside); grouped tokens start from their
+        # own code, so a (step, group) query need not first find its code among T * G by attention (measured: a
+        # tiny model fits per-quadrant motion to 99.7 % label accuracy this way, 38 % from zero queries)
+        queries = codes if self.groups > 1 else torch.zeros_like(codes)
+        x = self.decoder(queries, codes)
         if self.per_view:
-            x = rearrange(x, "b (v t) h -> b v t h", v=self.views)
+            x = rearrange(x, "b (v t g) h -> b v t g h", v=self.views, g=self.groups)
         else:
-            x = x.unsqueeze(1)  # (B, 1, T-1, D), the same for every view
+            x = rearrange(x, "b (t g) h -> b 1 t g h", g=self.groups)  # the same for every view
         dev = codes.device
         track = self.track_pos_emb(torch.arange(self.num_tracks, device=dev))  # (N, D)
         view = self.view_emb(torch.arange(self.views, device=dev))  # (V, D)
         first, act, second = self.decoder_mlp
         w_x, w_track, w_view = first.weight.split(self.hidden_dim, dim=1)
-        # Linear(cat[x, track, view]) == x W_x^T + track W_t^T + view W_v^T + b, broadcast over (B, V, T-1, N)
-        h = (F.linear(x, w_x)[:, :, :, None, :]
+        # Linear(cat[x, track, view]) == x W_x^T + track W_t^T + view W_v^T + b, broadcast over (B, V, T-1, N);
+        # a step's one token (G = 1) broadcasts over the tracks, grouped tokens are gathered per track
+        hx = F.linear(x, w_x)  # (B, V', T-1, G, H)
+        if self.groups > 1:
+            x, hx = self._to_tracks(x), self._to_tracks(hx)  # (B, V', T-1, N, .)
+        h = (hx
              + F.linear(track, w_track)[None, None, None, :, :]
              + F.linear(view, w_view, first.bias)[None, :, None, None, :])
+        if self.track_code_mlp is not None:
+            own = self.track_code_mlp(track_codes).view(len(codes), self.views, 1, self.num_tracks, -1)
+            h = h + own  # (B, V, 1, N, H), the same at every step
         h = second(act(h))  # (B, V, T-1, N, D)
-        return self.decoder_proj(x[:, :, :, None, :] + h)
+        return self.decoder_proj(x + h)
 
 
 class MotionTokenizer(nn.Module):
@@ -144,13 +234,30 @@ class MotionTokenizer(nn.Module):
         for level in self.levels:
             self.num_codes *= level
 
-        in_dim = num_tracks * 2 * (1 if cfg.per_view else num_views)
+        groups = cfg.point_groups
+        group_index = point_group_index(num_tracks, groups) if groups > 1 else None  # (G, M)
+        track_group = None
+        if group_index is not None:
+            track_group = torch.full((num_tracks + 1,), -1, dtype=torch.long, device="cpu")
+            track_group[group_index] = torch.arange(len(group_index), device="cpu")[:, None]
+            track_group = track_group[:num_tracks]  # (N,)
+        self.num_groups = groups * groups
+        self.num_tokens *= self.num_groups
+        points_per_token = num_tracks if group_index is None else group_index.shape[1]
+        in_dim = points_per_token * 2 * (1 if cfg.per_view else num_views)
         self.quantize = _build_fsq(self.levels, cfg.hidden_dim)
         self.encoder = VAEEncoder(in_dim, cfg.hidden_dim, cfg.num_heads, cfg.num_layers, cfg.dropout, num_views,
-                                  self.num_timesteps, cfg.per_view, cfg.causal_encoder, cfg.input_scale)
+                                  self.num_timesteps, cfg.per_view, cfg.causal_encoder, cfg.input_scale,
+                                  group_index=group_index)
         self.decoder = VAEDecoder(cfg.hidden_dim, cfg.decoder_mlp_hidden_dim, cfg.num_heads, cfg.num_layers // 2,
                                   cfg.dropout, num_views, self.num_timesteps, num_tracks, self.num_classes,
-                                  cfg.per_view)
+                                  cfg.per_view, track_group=track_group, groups=self.num_groups,
+                                  track_codes=bool(cfg.track_codes))
+        self.track_levels = fsq_levels(cfg.track_codes) if cfg.track_codes else []
+        self.num_track_codes = math.prod(self.track_levels) if cfg.track_codes else 0
+        if cfg.track_codes:
+            self.track_encoder = TrackEncoder(self.num_timesteps, cfg.hidden_dim, cfg.input_scale)
+            self.track_quantize = _build_fsq(self.track_levels, cfg.hidden_dim)
 
     # ------------------------------------------------------------------------------------------ shapes
     @property
@@ -194,11 +301,14 @@ class MotionTokenizer(nn.Module):
         codes, indices = self.quantize(z)
         return codes, indices.long()
 
-    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Quantised codes ``(B, L, D)`` (FSQ ``project_out`` output) -> logits ``(B, V, T-1, N, R*C)``."""
-        return self.decoder(codes)
+    def decode_codes(self, codes: torch.Tensor, track_codes: torch.Tensor | None = None) -> torch.Tensor:
+        """Quantised codes ``(B, L, D)`` (FSQ ``project_out`` output) [and per-track codes ``(B, V*N, D)`` with
+        ``track_codes``] -> logits ``(B, V, T-1, N, R*C)``."""
+        if self.cfg.track_codes and track_codes is None:
+            raise ValueError("tokenizer.track_codes is on: decoding needs the per-track codes too")
+        return self.decoder(codes, track_codes)
 
-    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+    def decode(self, indices: torch.Tensor, track_indices: torch.Tensor | None = None) -> torch.Tensor:
         """Codebook indices ``(B, L)`` -> logits ``(B, V, T-1, N, R*C)``.
 
         Indices in ``[num_codes, codebook_size)`` (e.g. 1920..2047 for the nominal 2048) wrap onto other codes, as
@@ -212,25 +322,42 @@ class MotionTokenizer(nn.Module):
             raise ValueError(f"indices must lie in [0, {self.cfg.codebook_size}), got "
                              f"[{int(indices.min())}, {int(indices.max())}]")
         codes = self.quantize.indices_to_codes(indices.to(torch.int32))
-        return self.decode_codes(codes)
+        track_codes = None
+        if self.cfg.track_codes:
+            shape = (len(indices), self.num_views * self.num_tracks)
+            if track_indices is None or tuple(track_indices.shape) != shape or track_indices.is_floating_point():
+                raise ValueError(f"track_indices must be integers (B, V*N) = {shape}, got "
+                                 f"{None if track_indices is None else tuple(track_indices.shape)}")
+            if int(track_indices.min()) < 0 or int(track_indices.max()) >= self.cfg.track_codes:
+                raise ValueError(f"track_indices must lie in [0, {self.cfg.track_codes})")
+            track_codes = self.track_quantize.indices_to_codes(track_indices.to(torch.int32))
+        return self.decode_codes(codes, track_codes)
 
     def forward(self, velocities: torch.Tensor, labels: torch.Tensor | None = None,
-                static: torch.Tensor | None = None) -> dict[str, Any]:
+                static: torch.Tensor | None = None, visible: torch.Tensor | None = None) -> dict[str, Any]:
         """Velocities ``(B, V, T-1, N, 2)`` -> ``dict(logits, indices, codes, z)``; with ``labels`` also the loss.
 
         ``logits`` ``(B, V, T-1, N, R*C)``; ``indices`` ``(B, L)`` long; ``codes`` ``(B, L, D)`` quantised and
         projected; ``z`` ``(B, L, D)`` the encoder output before FSQ. (The official ``forward`` returns
         ``(x_recon, indices, rel_logits)`` with logits flattened ``(B, V*(T-1)*N, C)`` in (v, t, n) order, i.e.
         ``logits.flatten(1, 3)`` here; ``x_recon`` is ``logits_to_displacements(logits)``.)
-        With ``labels`` ``(B, V, T-1, N)`` (from :meth:`inputs`) and optional ``static`` flags ``(B, N)``: ``loss``
+        With ``labels`` ``(B, V, T-1, N)`` (from :meth:`inputs`), optional ``static`` flags ``(B, N)`` and the
+        tracks' ``visible`` flags ``(B, [V,] T, N)`` (needed by ``loss_steps: visible``): ``loss``
         (scalar, see :meth:`loss_terms`), ``view_loss`` ``(V,)`` and ``logs`` (floats, see :meth:`loss`). The loss
         is computed inside forward so that a DDP wrapper synchronises its gradients with one call.
         """
         z = self._encode(velocities)
         codes, indices = self._quantize(z)
-        out = dict(logits=self.decode_codes(codes), indices=indices, codes=codes, z=z)
+        track_codes = track_indices = None
+        if self.cfg.track_codes:  # (B, V*N, D) and (B, V*N)
+            velocities = self._as_5d(velocities, self.num_timesteps, "velocities")
+            track_codes, track_indices = self.track_quantize(
+                self.track_encoder(velocities.to(self.encoder.encoder_proj.weight.dtype)))
+            track_indices = track_indices.long()
+        out = dict(logits=self.decode_codes(codes, track_codes), indices=indices, codes=codes, z=z,
+                   track_indices=track_indices, track_codes=track_codes)
         if labels is not None:
-            loss, view_loss, ce = self._loss(out["logits"], labels, static)
+            loss, view_loss, ce = self._loss(out["logits"], labels, static, visible)
             out.update(loss=loss, view_loss=view_loss, logs=self._logs(out, labels, loss, view_loss, ce))
             if static is not None:
                 out["logs"]["static_fraction"] = float(static.float().mean())
@@ -247,20 +374,21 @@ class MotionTokenizer(nn.Module):
         tracks = self._as_5d(tracks, self.track_horizon, "tracks")
         return tracks_to_labels(tracks, self.img_size, self.grid_size)
 
-    def loss_terms(self, logits: torch.Tensor, labels: torch.Tensor, static: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_terms(self, logits: torch.Tensor, labels: torch.Tensor, static: torch.Tensor | None = None,
+                   visible: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The configured loss from logits ``(B, V, T-1, N, C)`` and labels ``(B, V, T-1, N)``: ``(loss, (V,))``.
 
         Per element (b, v, t, n): ``relative_ce`` is the cross-entropy against the class from
         :func:`tracks_to_labels`; ``focal`` is ``w * (1 - p)^gamma * CE`` with ``p = softmax(logits)[label]``,
         ``w = focal_center_weight`` where the label is the centre (zero motion) class and 1 elsewhere. Each view's
         loss is the mean over (b, t, n); with ``mask_static`` only points whose ``static`` flag is False count
-        (a view where every point is static contributes 0). The views are summed with weight 1.0 each (AMPLIFY
+        (a view where every point is static contributes 0); with ``loss_steps: visible`` only steps whose track is
+        visible at both ends (:func:`visible_steps` of ``visible``) count. The views are summed with weight 1.0 each (AMPLIFY
         weights its LIBERO views 0.9 / 0.1, and every other view 1.0, unnormalised).
         """
-        return self._loss(logits, labels, static)[:2]
+        return self._loss(logits, labels, static, visible)[:2]
 
-    def _loss(self, logits, labels, static):
+    def _loss(self, logits, labels, static, visible=None):
         if logits.dim() != 5 or tuple(logits.shape[:-1]) != tuple(labels.shape) or logits.shape[-1] != self.num_classes:
             raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match "
                              f"(B, V, T-1, N, {self.num_classes}) / (B, V, T-1, N)")
@@ -273,15 +401,33 @@ class MotionTokenizer(nn.Module):
             per = per * weight
         else:
             per = ce
+        keep = None
         if self.cfg.mask_static:
             if static is None:
                 raise ValueError("tokenizer.mask_static is on but the batch has no 'static' flags (B, N)")
-            keep = (~self._static_5d(static, b)).to(per.dtype)  # (B, V, 1, N)
-            keep = keep.expand(b, v, t, n)
+            keep = (~self._static_5d(static, b)).expand(b, v, t, n)
+        if self.cfg.loss_steps == "visible":
+            if visible is None:
+                raise ValueError("tokenizer.loss_steps is visible but the batch has no 'visible' flags (B, T, N)")
+            seen = visible_steps(self._as_5d_flags(visible, b))  # (B, V, T-1, N)
+            keep = seen if keep is None else keep & seen
+        if keep is not None:
+            keep = keep.to(per.dtype)
             view_loss = (per * keep).sum(dim=(0, 2, 3)) / keep.sum(dim=(0, 2, 3)).clamp_min(1.0)
         else:
             view_loss = per.mean(dim=(0, 2, 3))
         return view_loss.sum(), view_loss, ce
+
+    def _as_5d_flags(self, visible: torch.Tensor, batch: int) -> torch.Tensor:
+        """Visibility ``(B, [V,] T, N)`` bool -> ``(B, V, T, N)``."""
+        if visible.dtype != torch.bool:
+            raise ValueError(f"visible must be a bool tensor, got {visible.dtype}")
+        if visible.dim() == 3 and self.num_views == 1:
+            visible = visible[:, None]
+        expected = (batch, self.num_views, self.track_horizon, self.num_tracks)
+        if tuple(visible.shape) != expected:
+            raise ValueError(f"visible must be (B, [V,] T, N) = {expected}, got {tuple(visible.shape)}")
+        return visible
 
     def _static_5d(self, static: torch.Tensor, batch: int) -> torch.Tensor:
         if static.dtype != torch.bool:
@@ -297,14 +443,14 @@ class MotionTokenizer(nn.Module):
         """``batch = {"tracks": (B, [V,] T, N, 2), "static": (B, N) bool (optional), ...}`` -> ``(loss, logs)``.
 
         Velocities of the tracks go through the model; targets come from the tracks (:func:`tracks_to_labels`).
-        ``visible`` is not used (AMPLIFY trains on every point). NaN or infinite tracks raise ``ValueError``.
+        ``visible`` ``(B, [V,] T, N)`` is used by ``loss_steps: visible`` only (AMPLIFY trains on every step). NaN or infinite tracks raise ``ValueError``.
         ``logs`` (floats): ``loss``; ``ce`` (plain cross-entropy over every element, whatever the loss);
         ``label_accuracy`` (argmax == label); ``centre_label_fraction`` / ``centre_pred_fraction`` (zero-motion
         share of labels / argmax predictions); ``perplexity`` / ``perplexity_norm`` of this batch's indices
         (:func:`codebook_perplexity` with the nominal codebook size); ``loss_view{i}`` when V > 1;
         ``static_fraction`` when the batch has ``static``.
         """
-        out = self(*self.inputs(batch["tracks"]), static=batch.get("static"))
+        out = self(*self.inputs(batch["tracks"]), static=batch.get("static"), visible=batch.get("visible"))
         return out["loss"], out["logs"]
 
     @torch.no_grad()
@@ -341,7 +487,7 @@ class MotionTokenizer(nn.Module):
     def evaluate(self, batch: dict[str, Any]) -> dict[str, float]:
         """Loss logs plus :func:`trajectory_metrics` of :meth:`reconstruct` against the tracks (one forward pass)."""
         tracks = self._as_5d(batch["tracks"], self.track_horizon, "tracks")
-        out = self(*self.inputs(tracks), static=batch.get("static"))
+        out = self(*self.inputs(tracks), static=batch.get("static"), visible=batch.get("visible"))
         logs = out["logs"]
         steps = logits_to_displacements(out["logits"], self.img_size, self.grid_size)
         pred = velocities_to_points(steps, init_points=tracks[:, :, :1].float(), time_dim=2)

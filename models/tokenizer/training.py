@@ -77,7 +77,7 @@ class TokenizerTask(TrainTask):
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
         """One forward call (through the DDP wrapper when there is one, so gradients are synchronised)."""
         inner = model.module if hasattr(model, "module") else model
-        out = model(*inner.inputs(batch["tracks"]), static=batch.get("static"))
+        out = model(*inner.inputs(batch["tracks"]), static=batch.get("static"), visible=batch.get("visible"))
         return out["loss"], out["logs"]
 
     def evaluate(self, model: MotionTokenizer, loader) -> dict[str, float]:

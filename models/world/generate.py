@@ -2,8 +2,9 @@
 
 Layout written under ``out_dir``::
 
-    v1.0-synth/*.json              the 13 tables, plus splits.json {"synth_train": [...], "synth_val": [...]}
-                                   and sensor_digest.json (md5 over every sensor and truth file)
+    v1.0-synth/*.json              the 13 tables, plus splits.json {"synth_train": [...], "synth_val": [...]},
+                                   sensor_digest.json (md5 over every sensor and truth file) and ego_route.json
+                                   (each scene's planned ego route: the navigation input a real car has)
     maps/expansion/<location>.json map expansion (version 1.3) per location used
     maps/<token>.png               semantic prior (drivable area at 0.1 m/px, as the devkit's MapMask expects)
     samples/<CHANNEL>/*.jpg|.pcd.bin   key frames: 6 cameras and LIDAR_TOP (JPEG at ``synth.jpeg_quality``, with
@@ -45,6 +46,8 @@ SPLIT_KEYS = ("synth_train", "synth_val")
 KEYFRAME_US = 500_000  # 2 Hz key frames
 BASE_TIMESTAMP_US = 1_533_151_600_000_000  # 2018-08-01, like the real logs
 ANNOTATION_RANGE = 60.0  # metres around the ego within which agents are annotated
+ROUTE_FILE = "ego_route.json"  # models.nuscenes.cache.ROUTE_FILE reads it
+ROUTE_FORMAT = "ego-route/1"
 TRACK_CONVENTION = "pixel (x=u=column, y=v=row), OpenCV convention: pixel centres at integer coordinates"
 
 _WORLD: dict = {}  # filled in the parent before forking: location -> (Town, GroundTexture)
@@ -99,6 +102,7 @@ def generate_world(params: SynthParams, out_dir: Path, progress: bool = True) ->
     counts = write_tables(records, out_dir / VERSION, map_tokens)
     write_json(out_dir / VERSION / "splits.json", split_scenes(params))
     write_json(out_dir / VERSION / "sensor_digest.json", sensor_digest(out_dir))
+    write_json(out_dir / VERSION / ROUTE_FILE, ego_routes(records), indent=None)
     write_json(out_dir / "extras" / "manifest.json", {
         "version": VERSION,
         "image_size": [params.image_width, params.image_height],
@@ -113,6 +117,16 @@ def generate_world(params: SynthParams, out_dir: Path, progress: bool = True) ->
         "splits": split_scenes(params),
     })
     return {"tables": counts, "scenes": len(records), "locations": locations}
+
+
+def ego_routes(records: list[SceneRecord]) -> dict:
+    """The ``ego_route.json`` document: per scene token, the lane-graph route the ego was told to follow.
+
+    The polyline starts at the ego's first pose and runs past the scene's end (the route is planned for the
+    scene's duration plus 120 m), in the global map frame, rounded to millimetres. It carries geometry only
+    (no speeds, no timing), like a navigation route."""
+    return {"format": ROUTE_FORMAT, "frame": "global map frame: x east, y north, metres (as ego_pose)",
+            "scenes": {token("scene", r.name): {"name": r.name, "points": r.ego_route} for r in records}}
 
 
 def sensor_digest(dataroot: Path) -> dict:
@@ -258,6 +272,7 @@ def render_scene(job: SceneJob) -> SceneRecord:
     description = _describe(job.location, ego, agents, town)
     return SceneRecord(name=job.name, location=job.location, logfile=logfile, description=description,
                        sample_timestamps=sample_ts, frames=frames, annotations=annotations, image_size=(W, H),
+                       ego_route=np.round(ego.route, 3).tolist(),
                        extra={"file": f"extras/{job.name}.npz", "location": job.location,
                               "num_sweeps": int(len(sweep_ts)), "num_agents": n_agents,
                               "sweep_tokens": [token("sample_data", job.name, "CAM_FRONT", int(t)) for t in sweep_ts]})

@@ -98,6 +98,7 @@ class SceneRecord:
     annotations: list  # [BoxAnnotation]
     image_size: tuple = (0, 0)  # (width, height)
     extra: dict = field(default_factory=dict)
+    ego_route: list = field(default_factory=list)  # [[x, y], ...] the ego's planned route, global metres
 
 
 def write_tables(scenes: list[SceneRecord], table_dir: Path, map_tokens: dict) -> dict:

@@ -37,6 +37,7 @@ class Agent:
     speed: np.ndarray  # (T,)
     color: np.ndarray  # (3,) uint8
     parked: bool = False
+    route: np.ndarray | None = None  # (R, 2) the ego's planned route from its start (ego only), world metres
 
     def pose_at(self, t: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) and yaw at time(s) ``t`` seconds from the scene start, linearly interpolated."""
@@ -125,6 +126,7 @@ def simulate_scene(town: Town, params: SynthParams, rng: np.random.Generator,
         agents.append(Agent(kind="pedestrian", size=p["size"], xy=p["xy"], yaw=p["yaw"], speed=p["speed"],
                             color=_clothes_colour(rng)))
     agents += _parked_cars(town, params, rng, ego_route, steps)
+    agents[0].route = route_from(ego_route, ego_s0)
     return agents[0], agents[1:]
 
 
@@ -177,6 +179,12 @@ def _make_route(town: Town, indices: list, v_max: float) -> _Route:
             s_a, s_b = line.project(_pt(coords[0])), line.project(_pt(coords[-1]))
             crossings.append((ci, min(s_a, s_b), max(s_a, s_b)))
     return _Route(pts=pts, s=s, heading=heading, v_allow=v_allow, crossings=crossings)
+
+
+def route_from(route: _Route, s0: float) -> np.ndarray:
+    """(R, 2) the route's polyline from arc length ``s0`` on (its first point interpolated at ``s0``)."""
+    start, _ = _interp_route(route, s0)
+    return np.concatenate([start[None], route.pts[route.s > s0 + 1e-6]])
 
 
 def _pt(c):
