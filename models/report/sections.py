@@ -137,7 +137,7 @@ def tokenizer_section(reports: Path, changed: dict, times: dict) -> list:
     d = read_json(reports / "tokenizer" / "details.json")
     rows, visible, share = d["rows"], d["rows_visible"], d["share"]
     keys = (("mse", "MSE ↓"), ("normalized_accuracy", "normalised accuracy ↑"), ("delta_auc", "δ-AUC ↑"))
-    pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
+    pct = lambda x: f"{100 * x + 0.0:.1f} %" if abs(x) >= 5e-4 else "0.0 %"  # noqa: E731 (no "-0.0 %")
     table = Table(["predictor", *(label for _, label in keys), "way to ceiling: MSE", "δ-AUC",
                    "visible points: MSE", "δ-AUC"],
                   [[name, *(fmt(rows[r][k]) for k, _ in keys),
