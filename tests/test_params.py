@@ -43,6 +43,8 @@ def test_defaults_equal_params_yaml():
     ("synth:\n  locations:\n    - boston\n", "synth.locations", "boston-seaport"),
     ("synth:\n  locations: []\n", "synth.locations", "at least 1"),
     ("synth:\n  num_scenes: 4\n  val_scenes: 4\n", "synth.val_scenes", "smaller than"),
+    ("synth:\n  num_scenes: 10\n  val_scenes: 3\n  val_start: 8\n", "synth.val_start", "run past"),
+    ("synth:\n  val_start: -2\n", "synth.val_start", ">= -1"),
     ("synth:\n  scene_seconds: .nan\n", "synth.scene_seconds", "finite"),
     ("cache:\n  patch_size:\n    - 60.0\n", "cache.patch_size", "exactly 2"),
     ("cache:\n  check_files: yes\n", "cache.check_files", "true or false"),

@@ -157,6 +157,29 @@ def test_splits_are_scene_level(synth_dataroot):
     assert train and val and not train & val and train | val == scenes
 
 
+def test_val_start_keeps_each_scene_whatever_the_world_size(synth_dataroot, tmp_path):
+    """A smaller world with its val split moved to the front: scene k's tables and images are the same bytes
+    as in the fixture's world, so a bigger world with ``val_start`` is scored on the default's val scenes."""
+    root = tmp_path / "nuscenes"
+    generate_world(tiny_synth_params(num_scenes=2, val_start=0), root, progress=False)
+    splits = json.loads((root / VERSION / "splits.json").read_text())
+    assert splits == {"synth_train": ["synth-0001"], "synth_val": ["synth-0000"]}
+
+    def scene_records(dataroot, name):
+        tables = {t: json.loads((dataroot / VERSION / f"{t}.json").read_text()) for t in ("scene", "sample", "ego_pose")}
+        scene = next(s for s in tables["scene"] if s["name"] == name)
+        samples = [s for s in tables["sample"] if s["scene_token"] == scene["token"]]
+        return scene, samples
+
+    for name in ("synth-0000", "synth-0001"):
+        scene, samples = scene_records(root, name)
+        assert (scene, samples) == scene_records(synth_dataroot, name)
+    first = sorted((root / "samples" / "CAM_FRONT").glob("*.jpg"))
+    assert first
+    for image in first:
+        assert image.read_bytes() == (synth_dataroot / "samples" / "CAM_FRONT" / image.name).read_bytes()
+
+
 def _world_points_to_image(nusc, sd_token, pts_world):
     """Project world points into a camera using only the devkit's tables (independent of the renderer)."""
     sd = nusc.get("sample_data", sd_token)

@@ -88,6 +88,9 @@ class SynthParams:
                          item_choices=NUSCENES_LOCATIONS, min_len=1)
     num_scenes: int = _f(10, "number of scenes (assigned round-robin to the locations)", min=2)
     val_scenes: int = _f(3, "scenes held out for the val split (whole scenes)", min=1)
+    val_start: int = _f(-1, "index of the first val scene (val = val_scenes scenes from there); -1 = the last "
+                        "val_scenes scenes. Scene k is the same whatever num_scenes is, so a bigger world with "
+                        "val_start 7 keeps the default world's val scenes", min=-1)
     scene_seconds: float = _f(20.0, "scene length in seconds (key frames at 2 Hz)", min=4.0, max=60.0)
     image_width: int = _f(320, "camera image width in pixels", min=32, even=True)
     image_height: int = _f(180, "camera image height in pixels", min=32, even=True)
@@ -778,6 +781,11 @@ def _cross_checks(name: str, obj: Any, source: str) -> None:
             raise ParamsError(
                 f"{source}: synth.val_scenes = {obj.val_scenes}: must be smaller than "
                 f"synth.num_scenes = {obj.num_scenes} (at least one train scene)")
+        if obj.val_start + obj.val_scenes > obj.num_scenes:
+            raise ParamsError(
+                f"{source}: synth.val_start = {obj.val_start}: val scenes {obj.val_start}.."
+                f"{obj.val_start + obj.val_scenes - 1} run past the last scene ({obj.num_scenes - 1}); "
+                f"allowed: -1 (the last synth.val_scenes) or 0..{obj.num_scenes - obj.val_scenes}")
         if obj.track_horizon > obj.scene_seconds * obj.sweep_hz:
             raise ParamsError(
                 f"{source}: synth.track_horizon = {obj.track_horizon}: longer than a scene "

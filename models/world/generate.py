@@ -67,11 +67,12 @@ def scene_names(params: SynthParams) -> list[str]:
 
 
 def split_scenes(params: SynthParams) -> dict:
-    """Scene-level split: the last ``val_scenes`` scenes are val (with round-robin locations, the val
-    split covers the last locations in turn)."""
+    """Scene-level split: ``val_scenes`` consecutive scenes from ``val_start`` are val, the last ones by
+    default (with round-robin locations, the val split covers consecutive locations in turn)."""
     names = scene_names(params)
-    n_train = params.num_scenes - params.val_scenes
-    return {SPLIT_KEYS[0]: names[:n_train], SPLIT_KEYS[1]: names[n_train:]}
+    start = params.num_scenes - params.val_scenes if params.val_start < 0 else params.val_start
+    val = names[start:start + params.val_scenes]
+    return {SPLIT_KEYS[0]: [n for n in names if n not in val], SPLIT_KEYS[1]: val}
 
 
 def generate_world(params: SynthParams, out_dir: Path, progress: bool = True) -> dict:
