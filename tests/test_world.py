@@ -166,7 +166,7 @@ def test_val_start_keeps_each_scene_whatever_the_world_size(synth_dataroot, tmp_
     assert splits == {"synth_train": ["synth-0001"], "synth_val": ["synth-0000"]}
 
     def scene_records(dataroot, name):
-        tables = {t: json.loads((dataroot / VERSION / f"{t}.json").read_text()) for t in ("scene", "sample", "ego_pose")}
+        tables = {t: json.loads((dataroot / VERSION / f"{t}.json").read_text()) for t in ("scene", "sample")}
         scene = next(s for s in tables["scene"] if s["name"] == name)
         samples = [s for s in tables["sample"] if s["scene_token"] == scene["token"]]
         return scene, samples
