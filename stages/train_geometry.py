@@ -48,8 +48,8 @@ def _main(argv: list[str] | None) -> None:
     from models.train.workdir import fingerprint, stage_work
 
     main_rank = os.environ.get("RANK", "0") == "0"
-    train_set = open_windows(p, "train", cfg, args.cache)
-    val_set = open_windows(p, "val", cfg, args.cache)
+    train_set = open_windows(p, "train", cfg, args.cache, cache_mb=p.image_cache_mb)
+    val_set = open_windows(p, "val", cfg, args.cache, cache_mb=p.image_cache_mb)
     task = GeometryTask(cfg, p, args.init)
     with stage_work(args.work, args.out) as work:
         summary = train(task, train_set, val_set, geometry_train_config(p), args.out, args.live, resume=True,

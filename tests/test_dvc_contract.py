@@ -23,6 +23,7 @@ NOT_CONTENT = {
     "planner.num_workers",     # DataLoader processes: per-worker seeds, the same batches
     "planner.image_cache_mb",  # images decoded once or per sample: the same pixels
     "mapdet.image_cache_mb",   # the same for the map detector
+    "train_geometry.image_cache_mb",  # geometry windows kept in memory: the same arrays (tested)
     "geometry.activation_checkpointing",  # blocks recomputed in backward: the same gradients (tested)
 }
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.geometry.data import (NuScenesWindows, SequenceWindows, WindowInputError, collate_windows,
+from models.geometry.data import (NuScenesWindows, SequenceWindows, WindowCache, WindowInputError, collate_windows,
                                   resize_intrinsics)
 
 HW = (42, 84)          # the tiny world's images are 54 x 96
@@ -266,6 +266,47 @@ def _root_copy(synth_dataroot, tmp_path, copy: str):
 
 def _val_meta(synth_cache, i=0):
     return json.loads((synth_cache / "val" / "samples.json").read_text())["samples"][i]
+
+
+def _same_item(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], np.ndarray):
+            assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
+        else:
+            assert a[k] == b[k], k
+
+
+def test_window_cache_gives_the_same_bytes_without_reading_again(synth_cache, synth_dataroot, tmp_path):
+    root = _root_copy(synth_dataroot, tmp_path, "samples")
+    fresh = NuScenesWindows(synth_cache, "val", 2, None, HW)
+    cached = WindowCache(NuScenesWindows(synth_cache, "val", 2, None, HW, dataroot=root), budget_mb=64)
+    first = [cached[k] for k in range(len(cached))]
+    assert cached.used > 0 and len(cached.windows) == len(fresh.windows)   # the wrapped dataset's attributes
+    assert cached._items[0]["images"].dtype == np.uint8                    # JPEG pixels kept at a quarter of the size
+    shutil.rmtree(root / "samples")                                     # every image and LiDAR sweep gone
+    for k in range(len(fresh)):
+        _same_item(fresh[k], first[k])
+        again = cached[k]
+        _same_item(fresh[k], again)
+        again["images"][:] = 0                                          # a caller's edit stays its own
+    _same_item(fresh[0], cached[0])
+    with pytest.raises(IndexError):
+        cached[len(cached)]
+
+
+def test_window_cache_keeps_only_what_fits(synth_cache):
+    ds = NuScenesWindows(synth_cache, "val", 2, None, HW)
+    one = WindowCache(ds, budget_mb=1)
+    one[0]
+    size = one.used
+    assert 0 < size <= 2 ** 20
+    for k in range(len(one)):
+        one[k]
+    assert one.used == size * len(one._items) <= 2 ** 20 and len(one._items) < len(one)
+    none = WindowCache(ds, budget_mb=0)
+    _same_item(none[1], ds[1])
+    assert none.used == 0 and not none._items
 
 
 def test_a_missing_image_names_the_file_and_sample(synth_cache, synth_dataroot, tmp_path):

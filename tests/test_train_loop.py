@@ -326,8 +326,15 @@ def test_crash_while_writing_leaves_previous_checkpoint(tmp_path, monkeypatch):
     load_weights(tmp_path / "out/last.safetensors", ToyTask().build_model())
 
 
-def test_checkpoint_policy_eval_every_and_no_val_set(tmp_path):
+def _weights(path: Path) -> dict[str, bytes]:
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k).numpy().tobytes() for k in f.keys()}
+
+
+def test_checkpoint_policy_eval_every_and_no_val_set(tmp_path, basic):
     run(tmp_path, CFG.replace(eval_every_epochs=2, keep_every_epochs=2))
+    # validating less often changes the val curve and best.safetensors, never the trained weights
+    assert _weights(tmp_path / "out/final.safetensors") == _weights(basic[0] / "out/final.safetensors")
     assert [s for s, _ in tsv(tmp_path / "live/plots/metrics/val/loss.tsv")] == [16, 24]   # epoch 2 and the last
     assert sorted(file_bytes(tmp_path / "out")) == ["best.safetensors", "epoch_0002.safetensors",
                                                     "final.safetensors", "last.safetensors"]

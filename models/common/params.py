@@ -271,6 +271,8 @@ class TokenizerParams:
     img_size: list = _f([128, 128], "[H, W] pixel grid the labels and metrics use; one pixel = 2 / H normalised "
                         "(AMPLIFY 128 x 128; match tracks.image_size)", length=2, item_min=2)
     epochs: int = _f(14, "training epochs (AMPLIFY 100)", min=1)
+    eval_every_epochs: int = _f(7, "validate every N epochs and after the last (the DVCLive val curve and "
+                                "best.safetensors; the trained weights do not depend on it)", min=1)
     batch_size: int = _f(8, "windows per optimiser step (AMPLIFY 256)", min=1)
     lr: float = _f(1.0e-3, "AdamW learning rate (AMPLIFY 1e-4 at full size)", gt=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay (AMPLIFY 0.0)", min=0.0)
@@ -506,6 +508,8 @@ class TrainGeometryParams:
     pose_gamma: float = _f(0.6, "camera loss weight ratio between consecutive refinement iterations", gt=0.0)
     conf_alpha: float = _f(0.2, "weight of -log(confidence) in the aleatoric depth / point losses", min=0.0)
     epochs: int = _f(3, "passes over the training windows", min=1)
+    eval_every_epochs: int = _f(3, "validate every N epochs and after the last (the DVCLive val curve and "
+                                "best.safetensors; the trained weights do not depend on it)", min=1)
     batch_size: int = _f(2, "windows per optimizer step (global under DDP)", min=1)
     lr: float = _f(2.0e-3, "peak AdamW learning rate (a group's lr = lr * its multiplier)", gt=0.0)
     lr_converted: float = _f(1.0, "lr multiplier of the converted encoder and Time-SA / View-SA blocks", min=0.0)
@@ -518,6 +522,8 @@ class TrainGeometryParams:
     amp: bool = _f(False, "bf16 autocast on CPU (fp16 + GradScaler on CUDA)")
     seed: int = _f(0, "seed of initialisation order and batch order", min=0)
     figure_windows: int = _f(3, "validation windows drawn by report_geometry", min=0)
+    image_cache_mb: int = _f(1024, "train_geometry keeps every decoded window (images, LiDAR depth, truth) in memory "
+                             "after its first read while they fit in this many MiB; 0 = read each time", min=0)
 
     def validate(self) -> None:
         def fail(key: str, why: str):
@@ -598,6 +604,8 @@ class MapDetParams:
     pts_weight: float = _f(5.0, "point L1 weight (MapTR 5) in the loss and the matching cost", min=0.0)
     dir_weight: float = _f(0.005, "edge-direction loss weight (MapTR 0.005)", min=0.0)
     epochs: int = _f(20, "passes over the training samples (seed 24)", min=1)
+    eval_every_epochs: int = _f(5, "validate every N epochs and after the last (the DVCLive val curve and "
+                                "best.safetensors; the trained weights do not depend on it)", min=1)
     batch_size: int = _f(4, "samples per optimizer step (global under DDP; seed 4)", min=1)
     lr_qformer: float = _f(2.0e-4, "Q-Former group lr (seed 1e-5 for a pretrained BLIP-2 Q-Former; the default "
                            "one is random, so it learns from scratch)", gt=0.0)

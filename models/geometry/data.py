@@ -522,3 +522,69 @@ class SequenceWindows:
                     scene=self.root.name, start=int(start),
                     tokens=[f"{self.root.name}/t{seq.grid.times[ts]}" for ts in times])
         return item
+
+
+# --------------------------------------------------------------------------------------------------
+# In-memory window cache
+# --------------------------------------------------------------------------------------------------
+
+
+class WindowCache:
+    """A window dataset whose items are kept in memory after their first read (``train_geometry.image_cache_mb``).
+
+    Training reads every window once per epoch and evaluates the val windows after each epoch; without a cache each
+    read decodes 12 JPEGs, projects two LiDAR sweeps and samples the exact truth again (a quarter of a default
+    training step, docs/performance.md). Items are kept until ``budget_mb`` MiB are used; later ones are read each
+    time. Images that are exact ``uint8 / 255`` values (every JPEG source) are kept as uint8 (a quarter of the
+    memory) and divided again on each read, which gives back the same float32 bytes. ``budget_mb = 0`` keeps none.
+    Any other attribute is the wrapped dataset's."""
+
+    def __init__(self, windows, budget_mb: int):
+        self.dataset = windows
+        self.budget = int(budget_mb) * 2 ** 20
+        self.used = 0
+        self._items: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        if name == "dataset":                      # not yet set (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, k: int) -> dict:
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"window {k} out of range for {len(self)} windows")
+        k = k % len(self)
+        kept = self._items.get(k)
+        if kept is not None:
+            return _restore(kept)
+        item = self.dataset[k]
+        if self.budget:
+            kept = _compact(item)
+            size = sum(v.nbytes for v in kept.values() if isinstance(v, np.ndarray))
+            if self.used + size <= self.budget:
+                self._items[k] = kept
+                self.used += size
+        return item
+
+
+def _compact(item: dict) -> dict:
+    """The item with its images as uint8 when that loses nothing (a copy: the caller may change the item)."""
+    out = {k: (v.copy() if isinstance(v, np.ndarray) else list(v) if isinstance(v, list) else v)
+           for k, v in item.items()}
+    images = item["images"]
+    if images.dtype == np.float32:
+        u8 = np.rint(images * np.float32(255.0)).clip(0, 255).astype(np.uint8)
+        if np.array_equal(u8.astype(np.float32) / np.float32(255.0), images):
+            out["images"] = u8
+    return out
+
+
+def _restore(kept: dict) -> dict:
+    out = {k: (v.copy() if isinstance(v, np.ndarray) else list(v) if isinstance(v, list) else v)
+           for k, v in kept.items()}
+    if kept["images"].dtype == np.uint8:
+        out["images"] = kept["images"].astype(np.float32) / np.float32(255.0)
+    return out

@@ -28,7 +28,7 @@ def geometry_train_config(p) -> TrainConfig:
     return TrainConfig.from_dict({
         "epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr, "weight_decay": p.weight_decay,
         "warmup_steps": p.warmup_steps, "grad_clip": p.grad_clip, "amp": p.amp, "seed": p.seed,
-        "log_every": 5}, section="train_geometry")
+        "log_every": 5, "eval_every_epochs": p.eval_every_epochs}, section="train_geometry")
 
 
 def group_of(name: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from torch.utils.data import ConcatDataset
 
 from .config import GeometryConfig
-from .data import NuScenesWindows, SequenceWindows, collate_windows
+from .data import NuScenesWindows, SequenceWindows, WindowCache, collate_windows
 
 __all__ = ["check_input", "collate_windows", "open_windows", "sequence_split"]
 
@@ -67,7 +67,14 @@ def sequence_split(p) -> dict[str, list[Path]]:
     return split
 
 
-def open_windows(p, split: str, cfg: GeometryConfig, cache_dir: str):
+def open_windows(p, split: str, cfg: GeometryConfig, cache_dir: str, cache_mb: int = 0):
+    """The split's windows; ``cache_mb > 0`` keeps read windows in memory (:class:`WindowCache`), for a reader that
+    comes back to them (training: every epoch and every validation)."""
+    windows = _open(p, split, cfg, cache_dir)
+    return WindowCache(windows, cache_mb) if cache_mb else windows
+
+
+def _open(p, split: str, cfg: GeometryConfig, cache_dir: str):
     H, W = p.image_size
     if H % cfg.patch_size or W % cfg.patch_size:
         raise ValueError(f"params: train_geometry.image_size = {list(p.image_size)}: both sides must be multiples of "

@@ -23,7 +23,8 @@ def mapdet_train_config(p) -> TrainConfig:
     return TrainConfig.from_dict({
         "epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr_decoder, "weight_decay": p.weight_decay,
         "betas": [0.9, 0.999], "warmup_steps": p.warmup_steps, "grad_clip": p.grad_clip, "amp": p.amp,
-        "seed": p.seed, "log_every": 5, "keep_every_epochs": p.keep_every_epochs}, section="mapdet")
+        "seed": p.seed, "log_every": 5, "keep_every_epochs": p.keep_every_epochs,
+        "eval_every_epochs": p.eval_every_epochs}, section="mapdet")
 
 
 def images_to_float(images: torch.Tensor) -> torch.Tensor:

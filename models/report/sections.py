@@ -39,7 +39,8 @@ def figures(folder: Path, names: list[str]) -> list[Path]:
 # report leaves them out too (tests/test_dvc_contract.py checks dvc.yaml against this set).
 NO_OUTPUT_KEYS = frozenset({
     "synth.workers", "cache.workers", "cache.check_files", "tracks.workers", "planner.num_workers",
-    "planner.image_cache_mb", "mapdet.image_cache_mb", "geometry.activation_checkpointing"})
+    "planner.image_cache_mb", "mapdet.image_cache_mb", "train_geometry.image_cache_mb",
+    "geometry.activation_checkpointing"})
 
 
 def changed_params(params: dict) -> dict[str, dict]:

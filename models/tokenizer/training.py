@@ -54,7 +54,7 @@ def train_config(p: TokenizerParams) -> TrainConfig:
     return TrainConfig.from_dict({
         "epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr, "weight_decay": p.weight_decay,
         "betas": [0.9, 0.95], "warmup_steps": p.warmup_steps, "grad_clip": p.grad_clip, "seed": p.seed,
-        "log_every": 10}, section="tokenizer")
+        "log_every": 10, "eval_every_epochs": p.eval_every_epochs}, section="tokenizer")
 
 
 class TokenizerTask(TrainTask):

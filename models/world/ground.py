@@ -39,13 +39,21 @@ def paint_town(town: Town, seed: int) -> GroundTexture:
     def fill(polys, colour, reflect):
         for poly in polys:
             rings = [px(np.asarray(poly.exterior.coords))] + [px(np.asarray(r.coords)) for r in poly.interiors]
-            mask = np.zeros((h, w), np.uint8)
-            cv2.fillPoly(mask, [rings[0]], 1, lineType=cv2.LINE_8, shift=_SHIFT)
+            # drawn in a mask over the polygon's bounding box (whole texels, a texel of margin) instead of the
+            # whole canvas: the fixed-point vertices move by whole texels, so the same texels are filled
+            lo, hi = rings[0].min(axis=0) >> _SHIFT, rings[0].max(axis=0) >> _SHIFT
+            c0, r0 = max(int(lo[0]) - 1, 0), max(int(lo[1]) - 1, 0)
+            c1, r1 = min(int(hi[0]) + 2, w), min(int(hi[1]) + 2, h)
+            if c0 >= c1 or r0 >= r1:
+                continue
+            corner = np.array([c0, r0], np.int32) << _SHIFT
+            mask = np.zeros((r1 - r0, c1 - c0), np.uint8)
+            cv2.fillPoly(mask, [rings[0] - corner], 1, lineType=cv2.LINE_8, shift=_SHIFT)
             for hole in rings[1:]:
-                cv2.fillPoly(mask, [hole], 0, lineType=cv2.LINE_8, shift=_SHIFT)
+                cv2.fillPoly(mask, [hole - corner], 0, lineType=cv2.LINE_8, shift=_SHIFT)
             m = mask.astype(bool)
-            rgb[m] = colour
-            refl[m] = reflect
+            rgb[r0:r1, c0:c1][m] = colour
+            refl[r0:r1, c0:c1][m] = reflect
 
     def stroke(line, colour, reflect, width_m):
         thickness = max(int(round(width_m / RESOLUTION)), 1)
