@@ -295,6 +295,11 @@ def test_window_cache_gives_the_same_bytes_without_reading_again(synth_cache, sy
         cached[len(cached)]
 
 
+def test_depth_alone_is_the_items_depth(val):
+    for k in (0, len(val) - 1):
+        assert val.depth(k).tobytes() == val[k]["depth"].tobytes()
+
+
 def test_window_cache_keeps_only_what_fits(synth_cache):
     ds = NuScenesWindows(synth_cache, "val", 2, None, HW)
     one = WindowCache(ds, budget_mb=1)

@@ -270,8 +270,8 @@ class TokenizerParams:
                                 "(AMPLIFY 15 x 15: +-7 px per step)", length=2, item_min=3)
     img_size: list = _f([128, 128], "[H, W] pixel grid the labels and metrics use; one pixel = 2 / H normalised "
                         "(AMPLIFY 128 x 128; match tracks.image_size)", length=2, item_min=2)
-    epochs: int = _f(14, "training epochs (AMPLIFY 100)", min=1)
-    eval_every_epochs: int = _f(7, "validate every N epochs and after the last (the DVCLive val curve and "
+    epochs: int = _f(12, "training epochs (AMPLIFY 100)", min=1)
+    eval_every_epochs: int = _f(6, "validate every N epochs and after the last (the DVCLive val curve and "
                                 "best.safetensors; the trained weights do not depend on it)", min=1)
     batch_size: int = _f(8, "windows per optimiser step (AMPLIFY 256)", min=1)
     lr: float = _f(1.0e-3, "AdamW learning rate (AMPLIFY 1e-4 at full size)", gt=0.0)

@@ -391,13 +391,7 @@ class NuScenesWindows:
                 K[t, v] = resize_intrinsics(self.intrinsics_raw[i, v], rgb.shape[:2], (H, W))
 
         extr, cam_to_ref = _relative_extrinsics(self.cam2global[idx])                    # (T, V, 3, 4), (V, 4, 4)
-
-        depth = np.empty((T, V, H, W), np.float32)
-        lidar2cam = invert_transform(self.cam2lidar[idx])                               # (T, V, 4, 4)
-        for t, i in enumerate(idx):
-            pts = self._read_lidar(int(i))                                              # (N, 3) LIDAR frame
-            cam_pts = np.einsum("vij,nj->vni", lidar2cam[t, :, :3, :3], pts) + lidar2cam[t, :, None, :3, 3]
-            depth[t] = splat_depth(cam_pts, K[t], (H, W))
+        depth = self._lidar_depth(idx, K)
 
         item = {"images": images, "intrinsics": K.astype(np.float32), "extrinsics": extr.astype(np.float32),
                 "cam_to_ref": cam_to_ref.astype(np.float32), "depth": depth}
@@ -411,6 +405,35 @@ class NuScenesWindows:
                     has_extrinsics=True, scene=scene, start=int(start),
                     tokens=[self.samples[int(i)]["token"] for i in idx])
         return item
+
+    def _lidar_depth(self, idx: np.ndarray, K: np.ndarray) -> np.ndarray:
+        """LiDAR z-depth [T, V, H, W] of the key frames ``idx`` in cameras of (resized) intrinsics K [T, V, 3, 3]."""
+        depth = np.empty((len(idx), len(self.cameras), *self.image_hw), np.float32)
+        lidar2cam = invert_transform(self.cam2lidar[idx])                               # (T, V, 4, 4)
+        for t, i in enumerate(idx):
+            pts = self._read_lidar(int(i))                                              # (N, 3) LIDAR frame
+            cam_pts = np.einsum("vij,nj->vni", lidar2cam[t, :, :3, :3], pts) + lidar2cam[t, :, None, :3, 3]
+            depth[t] = splat_depth(cam_pts, K[t], self.image_hw)
+        return depth
+
+    def depth(self, k: int) -> np.ndarray:
+        """``self[k]["depth"]`` without decoding the images (their sizes come from the JPEG headers): what the
+        mean-depth baseline reads from every training window."""
+        from PIL import Image
+
+        _, _, idx = self.windows[k]
+        K = np.empty((len(idx), len(self.cameras), 3, 3), np.float64)
+        for t, i in enumerate(idx):
+            for v, path in enumerate(self._cam_paths(int(i))):
+                try:
+                    with Image.open(path) as img:
+                        w, h = img.size
+                except (OSError, ValueError) as exc:
+                    meta = self.samples[int(i)]
+                    raise WindowInputError(f"{path}: missing or unreadable camera image of sample {meta['token']} "
+                                           f"(scene {meta['scene']}, camera {self.cameras[v]}): {exc}") from exc
+                K[t, v] = resize_intrinsics(self.intrinsics_raw[i, v], (h, w), self.image_hw)
+        return self._lidar_depth(idx, K)
 
     def _exact(self, scene: str, idx: np.ndarray, src_hw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         truth = self._scene_truth(scene)

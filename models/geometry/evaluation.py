@@ -81,8 +81,9 @@ def mean_depth_baseline(windows, limit: int | None = None) -> np.ndarray:
     """Per camera and pixel, the mean of the valid training supervision depth (LiDAR) over training windows,
     [V, H, W] metres; pixels never observed take the mean of all valid depth."""
     total = count = None
+    read = getattr(windows, "depth", None) or (lambda k: windows[k]["depth"])  # nuScenes windows: images not decoded
     for i in range(len(windows) if limit is None else min(limit, len(windows))):
-        d = np.asarray(windows[i]["depth"], np.float64)                           # [T, V, H, W]
+        d = np.asarray(read(i), np.float64)                                       # [T, V, H, W]
         v = d > 0
         s, c = (d * v).sum(0), v.sum(0)
         total, count = (s, c) if total is None else (total + s, count + c)

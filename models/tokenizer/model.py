@@ -189,13 +189,13 @@ class VAEDecoder(nn.Module):
         hx = F.linear(x, w_x)  # (B, V', T-1, G, H)
         if self.groups > 1:
             x, hx = self._to_tracks(x), self._to_tracks(hx)  # (B, V', T-1, N, .)
-        h = (hx
-             + F.linear(track, w_track)[None, None, None, :, :]
-             + F.linear(view, w_view, first.bias)[None, :, None, None, :])
-        if self.track_code_mlp is not None:
-            own = self.track_code_mlp(track_codes).view(len(codes), self.views, 1, self.num_tracks, -1)
-            h = h + own  # (B, V, 1, N, H), the same at every step
-        h = second(act(h))  # (B, V, T-1, N, D)
+        # the step-independent terms are summed at their own size first, so that the (B, V, T-1, N, H) tensor is
+        # made by one broadcast add (and its backward reduces over the steps once), not three
+        static = (F.linear(track, w_track)[None, None, :, :]
+                  + F.linear(view, w_view, first.bias)[None, :, None, :])  # (1, V, N, H)
+        if self.track_code_mlp is not None:  # the track's own code, the same at every step
+            static = static + self.track_code_mlp(track_codes).view(len(codes), self.views, self.num_tracks, -1)
+        h = second(act(hx + static[:, :, None]))  # (B, V, T-1, N, D)
         return self.decoder_proj(x + h)
 
 
