@@ -23,12 +23,19 @@ from pathlib import Path
 def _planner():
     from models.common.params import load_section
     from models.planner.data import PlannerSamples
-    from models.planner.training import PlannerTask, planner_config
+    from models.planner.training import (PlannerTask, build_ego_mlp, feature_statistics, fused_statistics,
+                                         planner_config, route_points_of, target_statistics)
 
     p = load_section("planner")
     data = PlannerSamples("data/cache", "train", p)
-    mean, std = data.ego_statistics()
-    return PlannerTask(p, mean, std), data, planner_config(p)
+    fit = list(range(len(data)))
+    history, route = int(data.cache.manifest["history_steps"]), route_points_of(data)
+    mean, std = data.ego_statistics(fit)
+    # as the stage builds it; the residual's ego path is an untrained Ego-MLP here (the same compute)
+    ego_state = build_ego_mlp(p, history, route).state_dict() if p.ego_path == "residual" else None
+    fused = fused_statistics(*feature_statistics(data, p, fit)) if p.ego_path == "fused" else None
+    return (PlannerTask(p, mean, std, history, route, ego_state, fused, target_statistics(data, fit)), data,
+            planner_config(p))
 
 
 def _tokenizer():
