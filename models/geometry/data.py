@@ -593,21 +593,23 @@ class WindowCache:
         return item
 
 
+def _copy(item: dict) -> dict:
+    """Arrays and lists copied (whoever receives the item may change it), images left to the caller."""
+    return {k: (v.copy() if isinstance(v, np.ndarray) else list(v) if isinstance(v, list) else v)
+            for k, v in item.items() if k != "images"}
+
+
 def _compact(item: dict) -> dict:
-    """The item with its images as uint8 when that loses nothing (a copy: the caller may change the item)."""
-    out = {k: (v.copy() if isinstance(v, np.ndarray) else list(v) if isinstance(v, list) else v)
-           for k, v in item.items()}
+    """The item with its images as uint8 when that loses nothing."""
     images = item["images"]
     if images.dtype == np.float32:
         u8 = np.rint(images * np.float32(255.0)).clip(0, 255).astype(np.uint8)
         if np.array_equal(u8.astype(np.float32) / np.float32(255.0), images):
-            out["images"] = u8
-    return out
+            return {**_copy(item), "images": u8}
+    return {**_copy(item), "images": images.copy()}
 
 
 def _restore(kept: dict) -> dict:
-    out = {k: (v.copy() if isinstance(v, np.ndarray) else list(v) if isinstance(v, list) else v)
-           for k, v in kept.items()}
-    if kept["images"].dtype == np.uint8:
-        out["images"] = kept["images"].astype(np.float32) / np.float32(255.0)
-    return out
+    images = kept["images"]
+    return {**_copy(kept), "images": images.astype(np.float32) / np.float32(255.0) if images.dtype == np.uint8
+            else images.copy()}
