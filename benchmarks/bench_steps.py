@@ -113,8 +113,10 @@ def measure(name: str, steps: int) -> dict:
         step(batch)
         compute.append(time.perf_counter() - t1)
         wait.append(t1 - t0)
+    from models.geometry.data import WindowCache
+
     warm = None
-    if hasattr(data, "used"):  # a dataset that keeps what it read (train_geometry.image_cache_mb): the same batches
+    if isinstance(data, WindowCache):  # windows kept after their first read (image_cache_mb): the same batches
         loader.generator.manual_seed(0)  # again, as every epoch after the first reads them
         it = iter(loader)
         next_batch()
