@@ -5,8 +5,9 @@
 Runs ``dvc repro --single-item <stage>`` for each stage in DAG order (``--force``: also the stages that are up to
 date), each from its own Python process, so that the stage's peak resident set is that process's
 ``RUSAGE_CHILDREN`` maximum (the largest process of the stage's tree, DVC included). Then times a no-op ``dvc repro``
-(median of 3). Also measures the machine's float32 matmul peak (2048 x 2048, median of 5), the reference for FLOPs per
-second. Writes the figures as JSON and prints a Markdown table for docs/performance.md.
+(median of 3), interleaved with DVC's floor for as many stages (``benchmarks/bench_noop.py`` breaks it down). Also
+measures the machine's float32 matmul peak (2048 x 2048, median of 5), the reference for FLOPs per second. Writes
+the figures as JSON and prints a Markdown table for docs/performance.md.
 """
 from __future__ import annotations
 
@@ -89,20 +90,29 @@ def main(argv=None) -> int:
               f"{'' if r['rc'] == 0 else '  FAILED'}", flush=True)
         if r["rc"]:
             return 1
-    noop = []
-    for _ in range(3):
-        t = time.perf_counter()
-        subprocess.run(["dvc", "repro"], capture_output=True, check=True)
-        noop.append(time.perf_counter() - t)
+    import tempfile
+
+    from benchmarks.bench_noop import build_floor_repo
+
+    noop, floor = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        floor_repo = build_floor_repo(Path(tmp) / "floor", len(rows))
+        for _ in range(3):
+            for cwd, times in ((Path.cwd(), noop), (floor_repo, floor)):
+                t = time.perf_counter()
+                subprocess.run(["dvc", "repro"], cwd=cwd, capture_output=True, check=True)
+                times.append(time.perf_counter() - t)
     total = sum(r["seconds"] for r in rows)
     import datetime
     import os
 
     result = {"measured": f"{datetime.date.today().isoformat()}, {os.cpu_count()} CPU cores",
               "stages": rows, "total_s": total, "noop_s": statistics.median(noop),
+              "noop_floor_s": statistics.median(floor),
               "matmul_peak_gflops": matmul_peak_gflops(),
               "budget": {"total_s": BUDGET_S, "noop_s": NOOP_S, "peak_gib": MEMORY_GB}}
-    print(f"total {total / 60:.1f} min (budget {BUDGET_S / 60:.0f}), no-op repro {result['noop_s']:.2f} s, matmul "
+    print(f"total {total / 60:.1f} min (budget {BUDGET_S / 60:.0f}), no-op repro {result['noop_s']:.2f} s (DVC's floor "
+          f"for {len(rows)} stages {result['noop_floor_s']:.2f} s), matmul "
           f"peak {result['matmul_peak_gflops']:.0f} GFLOP/s")
     print("\n| stage | wall time | peak memory |\n| --- | ---: | ---: |")
     for r in rows:
