@@ -92,16 +92,14 @@ def main(argv=None) -> int:
             return 1
     import tempfile
 
-    from benchmarks.bench_noop import build_floor_repo
+    from benchmarks.bench_noop import build_floor_repo, time_command
 
     noop, floor = [], []
     with tempfile.TemporaryDirectory() as tmp:
         floor_repo = build_floor_repo(Path(tmp) / "floor", len(rows))
         for _ in range(3):
-            for cwd, times in ((Path.cwd(), noop), (floor_repo, floor)):
-                t = time.perf_counter()
-                subprocess.run(["dvc", "repro"], cwd=cwd, capture_output=True, check=True)
-                times.append(time.perf_counter() - t)
+            noop.append(time_command(["dvc", "repro"], Path.cwd()))
+            floor.append(time_command(["dvc", "repro"], floor_repo))
     total = sum(r["seconds"] for r in rows)
     import datetime
     import os

@@ -40,7 +40,8 @@ from ruamel.yaml import YAML
 NOOP_TARGET_S = 1.0
 
 
-def _timed(cmd: list[str], cwd: Path | str) -> float:
+def time_command(cmd: list[str], cwd: Path | str) -> float:
+    """Wall seconds of one command (it must succeed)."""
     t = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
     return time.perf_counter() - t
@@ -146,9 +147,9 @@ def main(argv=None) -> int:
         floor_repo = build_floor_repo(Path(tmp) / "floor", len(stages))
         rounds = {"pipeline": [], "floor": [], "startup": []}
         for _ in range(args.repeats):
-            rounds["pipeline"].append(_timed(["dvc", "repro"], repo))
-            rounds["floor"].append(_timed(["dvc", "repro"], floor_repo))
-            rounds["startup"].append(_timed(["dvc", "--version"], repo))
+            rounds["pipeline"].append(time_command(["dvc", "repro"], repo))
+            rounds["floor"].append(time_command(["dvc", "repro"], floor_repo))
+            rounds["startup"].append(time_command(["dvc", "--version"], repo))
     if not up_to_date(repo):
         print("a stage went stale while timing: the figures are not those of a no-op")
         return 1

@@ -1,10 +1,6 @@
 """The no-op benchmark's parts: the layout it compares against, and DVC's floor repository."""
 from __future__ import annotations
 
-import shutil
-
-import pytest
-
 from benchmarks.bench_noop import build_floor_repo, exact_section_layout, up_to_date
 
 
@@ -16,7 +12,6 @@ def test_a_section_is_listed_whole_only_where_every_content_key_is_listed():
     assert layout == {"train": ["a", "b.u"], "report": ["a.x", "b"], "none": []}
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_the_floor_repository_is_up_to_date_and_its_stages_track_their_params(tmp_path):
     repo = build_floor_repo(tmp_path / "floor", stages=3)
     assert up_to_date(repo)
